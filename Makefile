@@ -1,0 +1,52 @@
+# Two commands for a fresh machine (see README.md):
+#   make demo   set up .venv and run the main job on the built-in shapes data
+#   make test   set up .venv and run the whole test suite (slow tests included)
+# Everything is installed into .venv/ from the pinned constraints; a second run reuses it.
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+CONSTRAINTS := requirements/constraints.txt
+STAMP := $(VENV)/.installed
+PYTHON310 ?= $(shell scripts/find-python310)
+OUT ?= outputs
+# The real COCO sample is used by tests only where it exists beside the repo.
+COCO128_DIR ?= $(abspath $(wildcard ../shared/datasets/coco128))
+PYTEST_ARGS ?=
+
+export TF_USE_LEGACY_KERAS := 1
+export TF_CPP_MIN_LOG_LEVEL := 2
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: venv demo test test-fast bench clean help
+
+help:
+	@echo "make demo       set up .venv and run the main job (shapes data -> local pipeline)"
+	@echo "make test       set up .venv and run every test (slow ones included)"
+	@echo "make test-fast  run the tests not marked slow"
+	@echo "make bench      run the benchmarks in benchmarks/"
+	@echo "make clean      remove outputs (keeps .venv)"
+
+venv: $(STAMP)
+
+$(STAMP): setup.py $(CONSTRAINTS)
+	@test -n "$(PYTHON310)" || { echo "error: no Python 3.10 (see above)"; exit 1; }
+	@test -x $(PY) || { echo "Creating $(VENV) with $(PYTHON310)"; "$(PYTHON310)" -m venv $(VENV); }
+	$(PY) -m pip install --quiet "pip==24.2"
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[test]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/maskrcnn-tfx make-shapes --output $(OUT)/shapes --num-images 64 --image-size 128
+
+test: $(STAMP)
+	MASKRCNN_TFX_COCO128="$(COCO128_DIR)" $(PY) -m pytest tests $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	MASKRCNN_TFX_COCO128="$(COCO128_DIR)" $(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	MASKRCNN_TFX_COCO128="$(COCO128_DIR)" $(PY) benchmarks/convert_coco.py
+
+clean:
+	rm -rf $(OUT) .pytest_cache

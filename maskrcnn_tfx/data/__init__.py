@@ -1,0 +1,1 @@
+"""Data layer: COCO JSON to TFRecords, and the synthetic shapes set."""
