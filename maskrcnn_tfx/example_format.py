@@ -36,6 +36,11 @@ IS_CROWD = "image/object/is_crowd"
 AREA = "image/object/area"
 MASK = "image/object/mask"
 
+# Added by the Transform step (tf.Transform full-pass analyzers over the training split): the data set's
+# per-channel pixel mean and standard deviation, in [0, 255] RGB units, float [3] on every transformed example.
+PIXEL_MEAN = "image/pixel_mean"
+PIXEL_STD = "image/pixel_std"
+
 IMAGE_FORMATS = ("jpeg", "png")
 
 
