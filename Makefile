@@ -4,6 +4,7 @@
 # Everything is installed into .venv/ from the pinned constraints; a second run reuses it.
 
 SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
 VENV := .venv
 PY := $(VENV)/bin/python
 CONSTRAINTS := requirements/constraints.txt
@@ -13,6 +14,8 @@ OUT ?= outputs
 # The real COCO sample is used by tests only where it exists beside the repo.
 COCO128_DIR ?= $(abspath $(wildcard ../shared/datasets/coco128))
 PYTEST_ARGS ?=
+# Some machines' pip configuration names package indexes that are absent; pip warns once per package.
+PIP_NOISE := ^WARNING: Location .* is ignored
 
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
@@ -32,8 +35,8 @@ venv: $(STAMP)
 $(STAMP): setup.py $(CONSTRAINTS)
 	@test -n "$(PYTHON310)" || { echo "error: no Python 3.10 (see above)"; exit 1; }
 	@test -x $(PY) || { echo "Creating $(VENV) with $(PYTHON310)"; "$(PYTHON310)" -m venv $(VENV); }
-	$(PY) -m pip install --quiet "pip==24.2"
-	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[test]"
+	$(PY) -m pip install --quiet "pip==24.2" 2>&1 | { grep -v "$(PIP_NOISE)" || true; }
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[test]" 2>&1 | { grep -v "$(PIP_NOISE)" || true; }
 	@touch $(STAMP)
 
 demo: $(STAMP)
