@@ -1,0 +1,364 @@
+"""Exports the trained Mask R-CNN as a SavedModel for TF Serving and TFMA.
+
+The exported model takes encoded images (or raw tf.Examples) and does all preprocessing itself, so a client
+sends JPEG/PNG bytes and reads boxes, classes, scores and masks in the original image's frame:
+
+- ``serving_default`` (:data:`SERVING_SIGNATURE`): input :data:`IMAGES_INPUT`, string [B] of JPEG or PNG
+  bytes, any sizes (each image is decoded and resized on its own, so one request may mix sizes);
+- ``serving_tf_example`` (:data:`TF_EXAMPLE_SIGNATURE`): input :data:`EXAMPLES_INPUT`, serialized raw
+  tf.Examples (the product's example format), for TFMA; only the encoded image is read.
+
+Both return the same outputs (:data:`OUTPUT_KEYS`):
+
+- ``detection_boxes``: float32 [B, N, 4], normalized [ymin, xmin, ymax, xmax] of the original image;
+- ``detection_classes``: int32 [B, N], label-map ids (0 in the padding after ``num_detections``);
+- ``detection_scores``: float32 [B, N] in [0, 1], sorted descending;
+- ``num_detections``: int32 [B], valid detections per image (N is the model's max_num_detections);
+- ``detection_masks``: float32 [B, N, M, M], mask probabilities relative to each box (paste them onto the
+  image with ``maskrcnn_tfx.masks.paste_masks``);
+- ``image_size``: int32 [B, 2], the original (height, width).
+
+Preprocessing is Model Garden's own (``DetectionModule``: ImageNet normalization, aspect-preserving resize,
+padding to a multiple of 2**max_level) followed by :func:`trainer.preprocessing.renormalize_image` with the
+data set's pixel statistics, which the Transform graph, attached to the exported module, computes from the raw
+image feature inside the signature: the same two steps, with the same statistics, as the training input path.
+
+The SavedModel also carries the label map (``assets/label_map.json``, a tracked asset) and TF Serving warm-up
+requests (``assets.extra/tf_serving_warmup_requests``). Like Model Garden's exporter it writes no version
+folder: the TFX Pusher (or the caller) adds one.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional, Sequence, Tuple, Union
+
+import maskrcnn_tfx  # noqa: F401  (selects tf_keras before TensorFlow loads)
+import tensorflow as tf
+import tf_keras
+from official.core import config_definitions as cfg
+from official.vision.serving import detection
+
+from maskrcnn_tfx import example_format as ef
+from maskrcnn_tfx import label_map as label_map_lib
+from trainer import preprocessing
+from trainer.config import TrainerConfig, to_experiment_config
+
+if TYPE_CHECKING:
+    import tensorflow_transform as tft
+
+SERVING_SIGNATURE = "serving_default"
+TF_EXAMPLE_SIGNATURE = "serving_tf_example"
+IMAGES_INPUT = "images"
+EXAMPLES_INPUT = "examples"
+OUTPUT_KEYS = ("detection_boxes", "detection_classes", "detection_scores", "num_detections", "detection_masks",
+               "image_size")
+
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+LABEL_MAP_ASSET = os.path.join("assets", label_map_lib.FILE_NAME)
+
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+NOT_AN_IMAGE_MESSAGE = "is not a decodable JPEG or PNG image"
+
+
+def experiment_config_of(config: Union[TrainerConfig, cfg.ExperimentConfig],
+                         label_map: label_map_lib.LabelMap) -> cfg.ExperimentConfig:
+    """Model Garden's ExperimentConfig of the trainer's config (an ExperimentConfig is used as it is)."""
+    if isinstance(config, cfg.ExperimentConfig):
+        return config
+    if isinstance(config, TrainerConfig):
+        return to_experiment_config(config, label_map)
+    raise TypeError(f"expected a trainer.config.TrainerConfig or Model Garden ExperimentConfig, "
+                    f"got {type(config).__name__}")
+
+
+def _raw_image_feature_spec(tf_transform_output: "tft.TFTransformOutput"):
+    """How the Transform's raw schema declared the encoded image (fixed-length or variable-length).
+
+    The TFX Transform executor saves the raw schema next to the graph; a graph written by plain tf.Transform
+    may lack it, and then the product's own raw spec is what the graph was traced with.
+    """
+    try:
+        return tf_transform_output.raw_feature_spec()[ef.ENCODED]
+    except (IOError, OSError, tf.errors.NotFoundError):
+        return preprocessing.raw_feature_spec()[ef.ENCODED]
+
+
+class MaskRCNNServingModule(detection.DetectionModule):
+    """Model Garden's DetectionModule, serving encoded images of mixed sizes with the Transform's statistics.
+
+    Model Garden's ``image_bytes`` signature stacks the decoded images before resizing, so every image of a
+    request must have the same size; here each image is decoded and preprocessed on its own
+    (``DetectionModule._build_inputs``), and the outputs are mapped back to the original image.
+    """
+
+    def __init__(self, params: cfg.ExperimentConfig, model: Optional[tf_keras.Model],
+                 label_map: label_map_lib.LabelMap, label_map_file: str,
+                 tf_transform_output: Optional["tft.TFTransformOutput"] = None):
+        """``model=None`` builds a fresh inference model from ``params`` (Model Garden's export recipe)."""
+        super().__init__(params, batch_size=None, input_image_size=list(params.task.model.input_size[:2]),
+                         input_type="image_bytes", model=model)
+        # Tracked, so the file is copied to assets/ and its path follows the SavedModel when it moves.
+        self.label_map_asset = tf.saved_model.Asset(label_map_file)
+        self._transform_output = tf_transform_output
+        self._image_feature_spec = None
+        if tf_transform_output is not None:
+            # Tracked too: the Transform graph (and any assets of its own) is saved inside this SavedModel.
+            self.tft_layer = tf_transform_output.transform_features_layer()
+            self._image_feature_spec = _raw_image_feature_spec(tf_transform_output)
+        self._label_ids = tuple(label_map.ids)
+
+    # --- preprocessing -----------------------------------------------------------------------------------
+
+    def _decode_checked(self, encoded: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
+        """Decodes one image as the training decoder does, refusing bytes that are neither JPEG nor PNG."""
+        is_jpeg = tf.equal(tf.strings.substr(encoded, 0, len(_JPEG_MAGIC)), _JPEG_MAGIC)
+        is_png = tf.equal(tf.strings.substr(encoded, 0, len(_PNG_MAGIC)), _PNG_MAGIC)
+        check = tf.debugging.Assert(
+            tf.logical_or(is_jpeg, is_png),
+            ["Input image", index, f"of the batch {NOT_AN_IMAGE_MESSAGE} (its first bytes:",
+             tf.strings.substr(encoded, 0, 8), ")"])
+        with tf.control_dependencies([check]):
+            # Same call as Model Garden's TfExampleDecoder, so served pixels equal training pixels.
+            image = tf.io.decode_image(encoded, channels=self._num_channels, expand_animations=False)
+        image.set_shape([None, None, self._num_channels])
+        return image
+
+    def _preprocess_one(self, elems: Tuple[tf.Tensor, tf.Tensor]) -> Tuple[tf.Tensor, tf.Tensor]:
+        encoded, index = elems
+        image = tf.cast(self._decode_checked(encoded, index), tf.float32)
+        image, _, image_info = self._build_inputs(image)
+        return image, image_info
+
+    def preprocess_encoded(self, encoded_images: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+        """Encoded images [B] to model-ready images [B, H_pad, W_pad, 3] and image_info [B, 4, 2].
+
+        image_info rows are Model Garden's: original size, scaled size, scale, offset. The images are
+        normalized with the data set's statistics (or ImageNet's without a Transform graph).
+        """
+        with tf.device("cpu:0"):
+            images, image_info = tf.map_fn(
+                self._preprocess_one,
+                (encoded_images, tf.range(tf.shape(encoded_images)[0])),
+                fn_output_signature=(tf.TensorSpec(self._padded_size + [self._num_channels], tf.float32),
+                                     tf.TensorSpec([4, 2], tf.float32)),
+                parallel_iterations=32)
+            mean, std = self.pixel_statistics(encoded_images)
+            images = preprocessing.renormalize_image(images, mean, std)
+        return images, image_info
+
+    def pixel_statistics(self, encoded_images: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+        """The data set's pixel mean and std, [B, 3], from the Transform graph run on the raw image feature."""
+        batch_size = tf.shape(encoded_images)[0]
+        if self._transform_output is None:
+            return (tf.broadcast_to(tf.constant(preprocessing.DEFAULT_PIXEL_MEAN, tf.float32), [batch_size, 3]),
+                    tf.broadcast_to(tf.constant(preprocessing.DEFAULT_PIXEL_STD, tf.float32), [batch_size, 3]))
+        # Only the image feature is fed; the layer drops the outputs that need other raw features.
+        transformed = self.tft_layer({ef.ENCODED: self._as_raw_feature(encoded_images)})
+        return (tf.reshape(tf.cast(transformed[ef.PIXEL_MEAN], tf.float32), [batch_size, 3]),
+                tf.reshape(tf.cast(transformed[ef.PIXEL_STD], tf.float32), [batch_size, 3]))
+
+    def _as_raw_feature(self, encoded_images: tf.Tensor):
+        """The image feature in the form the raw schema declared it: [B], [B, 1] or variable-length."""
+        spec = self._image_feature_spec
+        if isinstance(spec, tf.io.VarLenFeature):
+            batch_size = tf.shape(encoded_images, out_type=tf.int64)[0]
+            indices = tf.stack([tf.range(batch_size), tf.zeros([batch_size], tf.int64)], axis=1)
+            return tf.SparseTensor(indices, encoded_images, dense_shape=tf.stack([batch_size, 1]))
+        if isinstance(spec, tf.io.FixedLenFeature) and list(spec.shape) == [1]:
+            return encoded_images[:, tf.newaxis]
+        return encoded_images
+
+    # --- inference ---------------------------------------------------------------------------------------
+
+    # One traced graph shared by both signatures: tracing Mask R-CNN is most of the export's time.
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def detect(self, encoded_images: tf.Tensor) -> Dict[str, tf.Tensor]:
+        """The signatures' body: encoded images [B] to the served outputs (see the module docstring)."""
+        images, image_info = self.preprocess_encoded(encoded_images)
+        batch_size = tf.shape(images)[0]
+        anchor_boxes = {level: tf.tile(boxes[tf.newaxis], [batch_size, 1, 1, 1])
+                        for level, boxes in self._build_anchor_boxes().items()}
+        # model.call, not __call__, as Model Garden's DetectionModule does (Keras cannot save the layer call
+        # with these extra inputs).
+        detections = self.model.call(images=images, image_shape=image_info[:, 1, :], anchor_boxes=anchor_boxes,
+                                     training=False)
+        # Resized-image pixels -> normalized coordinates of the original image (Model Garden's own helper).
+        detections = self._normalize_coordinates(dict(detections), ["detection_boxes"], image_info)
+        outputs = {
+            "detection_boxes": tf.cast(detections["detection_boxes"], tf.float32),
+            "detection_classes": tf.cast(detections["detection_classes"], tf.int32),
+            "detection_scores": tf.cast(detections["detection_scores"], tf.float32),
+            "num_detections": tf.cast(detections["num_detections"], tf.int32),
+            "detection_masks": tf.cast(detections["detection_masks"], tf.float32),
+        }
+        outputs = keep_label_map_classes(outputs, self._label_ids)
+        outputs["image_size"] = tf.cast(tf.round(image_info[:, 0, :]), tf.int32)
+        return outputs
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=IMAGES_INPUT)])
+    def serve_encoded_images(self, images: tf.Tensor) -> Dict[str, tf.Tensor]:
+        return self.detect(images)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
+    def serve_tf_examples(self, examples: tf.Tensor) -> Dict[str, tf.Tensor]:
+        parsed = tf.io.parse_example(examples, {ef.ENCODED: tf.io.FixedLenFeature([], tf.string)})
+        return self.detect(parsed[ef.ENCODED])
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=IMAGES_INPUT)])
+    def serving_preprocess(self, images: tf.Tensor) -> Dict[str, tf.Tensor]:
+        """The signatures' preprocessing alone (saved as a function, not a signature), for debugging and
+        for checking that serving feeds the model what training did."""
+        model_images, image_info = self.preprocess_encoded(images)
+        return {"images": model_images, "image_info": image_info}
+
+    def serving_signatures(self) -> Dict[str, Any]:
+        return {
+            SERVING_SIGNATURE: self.serve_encoded_images.get_concrete_function(),
+            TF_EXAMPLE_SIGNATURE: self.serve_tf_examples.get_concrete_function(),
+        }
+
+
+def keep_label_map_classes(outputs: Dict[str, tf.Tensor], label_ids: Sequence[int]) -> Dict[str, tf.Tensor]:
+    """Drops detections of class ids that are not in the label map (gaps such as COCO's unused ids).
+
+    The model has one output per id up to the largest, so with gaps it can (barely trained) predict an id
+    no client could name. Those detections are removed and the rest moved up, keeping their (score) order;
+    the freed slots are zero like the model's own padding. ``outputs`` hold [B, N, ...] tensors and
+    ``num_detections`` [B].
+    """
+    label_ids = tuple(int(i) for i in label_ids)
+    if label_ids == tuple(range(1, len(label_ids) + 1)):
+        return outputs  # No gaps: every foreground class the model can predict is in the label map.
+    classes = tf.cast(outputs["detection_classes"], tf.int32)
+    max_detections = tf.shape(classes)[1]
+    slots = tf.range(max_detections)[tf.newaxis, :]
+    valid = slots < tf.cast(outputs["num_detections"], tf.int32)[:, tf.newaxis]
+    known = tf.reduce_any(classes[..., tf.newaxis] == tf.constant(label_ids, tf.int32), axis=-1)
+    keep = tf.logical_and(valid, known)
+    # Kept detections first, in their order: a stable sort on "not kept" does exactly that.
+    order = tf.argsort(tf.cast(tf.logical_not(keep), tf.int32), axis=1, stable=True)
+    num_kept = tf.reduce_sum(tf.cast(keep, tf.int32), axis=1)
+    filled = slots < num_kept[:, tf.newaxis]
+    result = {"num_detections": tf.cast(num_kept, outputs["num_detections"].dtype)}
+    for key, value in outputs.items():
+        if key == "num_detections":
+            continue
+        gathered = tf.gather(value, order, batch_dims=1)
+        # [B, N] -> [B, N, 1, ...] to broadcast over the per-detection dimensions.
+        mask = tf.reshape(filled, tf.concat([tf.shape(filled), tf.ones([value.shape.rank - 2], tf.int32)], 0))
+        result[key] = tf.where(mask, gathered, tf.zeros_like(gathered))
+    return result
+
+
+def _check_compatible(params: cfg.ExperimentConfig, label_map: label_map_lib.LabelMap) -> None:
+    model_config = params.task.model
+    if not model_config.include_mask:
+        raise ValueError("the model has no mask head (task.model.include_mask is False)")
+    if model_config.num_classes != label_map.num_classes:
+        raise ValueError(f"the model has {model_config.num_classes} class outputs but the label map needs "
+                         f"{label_map.num_classes} (largest id {max(label_map.ids, default=0)} + background)")
+
+
+def default_warmup_images() -> Sequence[bytes]:
+    """Two small synthetic images, one PNG and one JPEG of another size, for the warm-up requests."""
+    y, x = tf.meshgrid(tf.range(48), tf.range(64), indexing="ij")
+    gradient = tf.cast(tf.stack([y * 5, x * 4, (x + y) * 2], axis=-1) % 256, tf.uint8)
+    return [tf.io.encode_png(gradient).numpy(), tf.io.encode_jpeg(tf.transpose(gradient, [1, 0, 2])).numpy()]
+
+
+def write_warmup_requests(serving_model_dir: str, images: Sequence[bytes]) -> str:
+    """Writes TF Serving warm-up requests: one request per image, then one with all of them.
+
+    TF Serving replays these when it loads the model, so the first real request does not pay for tracing
+    and memory allocation. Returns the file's path.
+    """
+    from tensorflow_serving.apis import model_pb2  # pylint: disable=g-import-not-at-top
+    from tensorflow_serving.apis import predict_pb2  # pylint: disable=g-import-not-at-top
+    from tensorflow_serving.apis import prediction_log_pb2  # pylint: disable=g-import-not-at-top
+
+    images = list(images)
+    if not images:
+        raise ValueError("no warm-up images")
+    path = os.path.join(serving_model_dir, WARMUP_FILE)
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    batches = [[image] for image in images] + ([images] if len(images) > 1 else [])
+    with tf.io.TFRecordWriter(path) as writer:
+        for batch in batches:
+            request = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(signature_name=SERVING_SIGNATURE))
+            request.inputs[IMAGES_INPUT].CopyFrom(tf.make_tensor_proto(batch, dtype=tf.string, shape=[len(batch)]))
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+    return path
+
+
+def export_serving_model(model: tf_keras.Model, config: Union[TrainerConfig, cfg.ExperimentConfig],
+                         label_map: label_map_lib.LabelMap, serving_model_dir: str, *,
+                         tf_transform_output: Optional["tft.TFTransformOutput"] = None,
+                         warmup_images: Optional[Sequence[bytes]] = None) -> str:
+    """Exports ``model`` as a SavedModel in ``serving_model_dir`` (no version folder); returns the folder.
+
+    Follows Model Garden's own export recipe: the weights go through a checkpoint into a fresh inference
+    copy of the model built from ``config`` in float32, and that copy is saved. Saving the trained Keras
+    object itself fails (Keras would trace its training call, which needs ground truth), and the served
+    numbers should not depend on the precision training used.
+
+    Args:
+      model: the trained Model Garden Mask R-CNN (``MaskRCNNModel``).
+      config: the trainer's config, or the Model Garden ExperimentConfig the model was built from (its
+        architecture, input size, levels, anchors and detection settings).
+      label_map: the data set's label map; copied into the SavedModel as ``assets/label_map.json``.
+      serving_model_dir: where to write (local or any ``tf.io.gfile`` path), e.g. the TFX Trainer's
+        ``fn_args.serving_model_dir``.
+      tf_transform_output: the Transform step's ``tft.TFTransformOutput``; its graph computes the pixel
+        statistics inside the signatures. Without it the model uses ImageNet's (Model Garden's default).
+      warmup_images: encoded JPEG/PNG images for the TF Serving warm-up requests (default: two small
+        synthetic ones).
+
+    Raises:
+      ValueError: the model has no mask head or its class count does not fit the label map.
+      AssertionError: a weight of the inference copy found no value in the trained model.
+    """
+    # A copy: Model Garden's module may adjust the params (e.g. the NMS version) it builds from.
+    params = experiment_config_of(config, label_map).replace()
+    _check_compatible(params, label_map)
+    staging = tempfile.mkdtemp(prefix="maskrcnn_export_")
+    try:
+        weights = tf.train.Checkpoint(model=model).write(os.path.join(staging, "weights", "model"))
+        # The asset is copied from this file at save time; its name is the name inside assets/.
+        label_map_file = os.path.join(staging, label_map_lib.FILE_NAME)
+        label_map.save(label_map_file)
+        with _float32_policy():
+            module = MaskRCNNServingModule(params, None, label_map, label_map_file,
+                                           tf_transform_output=tf_transform_output)
+            # Variables the inference graph creates while it is traced get their values as they appear.
+            restored = tf.train.Checkpoint(model=module.model).read(weights)
+            signatures = module.serving_signatures()
+        # Every trained weight must have found its place in the inference copy.
+        restored.assert_consumed()
+        tf.saved_model.save(module, serving_model_dir, signatures=signatures)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    write_warmup_requests(serving_model_dir,
+                          default_warmup_images() if warmup_images is None else warmup_images)
+    return serving_model_dir
+
+
+@contextlib.contextmanager
+def _float32_policy() -> Iterator[None]:
+    """Builds Keras layers in float32 within the block, whatever global mixed-precision policy is set."""
+    previous = tf_keras.mixed_precision.global_policy()
+    tf_keras.mixed_precision.set_global_policy("float32")
+    try:
+        yield
+    finally:
+        tf_keras.mixed_precision.set_global_policy(previous)
+
+
+def load_label_map(serving_model_dir: str) -> label_map_lib.LabelMap:
+    """The label map exported with a model."""
+    return label_map_lib.LabelMap.load(os.path.join(serving_model_dir, LABEL_MAP_ASSET))
