@@ -1,0 +1,610 @@
+"""COCO box and mask mAP for TensorFlow Model Analysis (TFMA).
+
+TFMA 0.47 has COCO box AP (``COCOMeanAveragePrecision``) but nothing for masks. This module adds:
+
+- :class:`COCOMaskAP`: COCO mask AP as a TFMA metric, computed exactly as ``pycocotools`` does (crowd regions,
+  area ranges, 101-point interpolation, maximum detections), reported as AP, AP50, AP75, APs/m/l and per-class
+  AP (see :func:`metric_names`).
+- :class:`COCOBoxAP`: the same for boxes. TFMA's own box AP differs from COCO's on crowd regions, classes that
+  have no ground truth, and object areas (see ``pipelines/eval_config.py``); this one does not.
+- :func:`custom_extractors` (the TFX Evaluator's ``custom_extractors`` hook; run it with
+  ``Evaluator(module_path="pipelines.metrics")``): TFMA's default extractors plus :func:`CocoEvalInputsExtractor`,
+  which adds what TFMA's own box metric and the slicing need but the model and the examples do not carry: boxes
+  in pixels (COCO's area ranges are in pixels) and an object-count bucket to slice on.
+
+How the COCO metrics work in Beam: a TFMA ``Preprocessor`` runs once per example, before slicing. It decodes the
+example's ground truth (PNG masks, classes, crowd flags, areas), pastes the model's box-relative masks into
+full-image masks with :mod:`maskrcnn_tfx.masks` (the product's one paste), and runs COCO's per-image matching
+(``COCOeval.evaluateImg``, via ``COCOeval.evaluate`` on that image alone). Only the matching's outcome goes to the
+combiner: per class and area range, the detections' scores, matched and ignored flags, and the ground truth's
+ignored flags; no masks. The ``CombineFn`` concatenates these over the images of a slice and ``extract_output``
+runs COCO's own ``COCOeval.accumulate`` over them, with the images in ascending ``image/source_id`` order as
+COCO orders them (which decides ties between equal scores). COCO's per-image matching depends on nothing but
+the image, so the result is the number ``COCOeval`` gives on the whole set, at any slicing and any parallelism.
+
+Inputs (see :data:`REQUIRED_FEATURES` and :data:`REQUIRED_OUTPUTS`): the raw example's features (the product's
+example format, ``maskrcnn_tfx.example_format``) and the outputs of the exported model's tf.Example signature
+(``trainer/export.py``).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import io
+import logging
+import threading
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+import maskrcnn_tfx  # noqa: F401  (selects tf_keras before TensorFlow and TFMA load)
+import apache_beam as beam
+import tensorflow_model_analysis as tfma
+from tensorflow_model_analysis import constants as tfma_constants
+from tensorflow_model_analysis.metrics import metric_types
+from tensorflow_model_analysis.utils import util as tfma_util
+
+from maskrcnn_tfx import example_format as ef
+from maskrcnn_tfx import masks as masks_lib
+
+# Outputs of the exported model's tf.Example signature (trainer/export.py, OUTPUT_KEYS).
+DETECTION_BOXES = "detection_boxes"  # [N, 4] normalized (ymin, xmin, ymax, xmax) of the original image
+DETECTION_CLASSES = "detection_classes"  # [N] label-map ids
+DETECTION_SCORES = "detection_scores"  # [N]
+NUM_DETECTIONS = "num_detections"  # scalar: valid rows; the rest is padding
+DETECTION_MASKS = "detection_masks"  # [N, M, M] probabilities relative to each box
+IMAGE_SIZE = "image_size"  # [2] original (height, width); optional, checked against the example's when present
+REQUIRED_OUTPUTS = {
+    "box": (DETECTION_BOXES, DETECTION_CLASSES, DETECTION_SCORES, NUM_DETECTIONS),
+    "mask": (DETECTION_BOXES, DETECTION_CLASSES, DETECTION_SCORES, NUM_DETECTIONS, DETECTION_MASKS),
+}
+REQUIRED_FEATURES = {
+    "box": (ef.HEIGHT, ef.WIDTH, ef.SOURCE_ID, ef.BBOX_YMIN, ef.BBOX_XMIN, ef.BBOX_YMAX, ef.BBOX_XMAX,
+            ef.CLASS_LABEL),
+    "mask": (ef.HEIGHT, ef.WIDTH, ef.SOURCE_ID, ef.CLASS_LABEL, ef.MASK),
+}
+# Optional features: missing crowd flags mean "not crowd"; missing areas are computed from masks or boxes.
+
+# Extract keys added by CocoEvalInputsExtractor. They are evaluation-only values (never in a tf.Example), so they
+# live here rather than in maskrcnn_tfx.example_format.
+GROUNDTRUTH_PIXEL_BOXES = "coco_eval/groundtruth_pixel_boxes"  # features: [G, 5] left, top, right, bottom, class
+DETECTION_PIXEL_BOXES = "coco_eval/detection_pixel_boxes"  # predictions: [D, 6] left, top, right, bottom, class, score
+OBJECT_COUNT = "coco_eval/object_count"  # features: [1] bucket of the number of non-crowd objects, e.g. "2-3"
+
+# Lower edges of the object-count buckets: 0, 1, 2-3, 4-7, 8-15, 16-31, 32+.
+OBJECT_COUNT_BUCKET_EDGES = (0, 1, 2, 4, 8, 16, 32)
+
+# COCO's area ranges (pycocotools Params.areaRng), in pixels, in the order of COCOeval's area index.
+AREA_RANGE_SUFFIXES = ("", "_small", "_medium", "_large")
+AREA_RANGES = ((0.0, 1e5 ** 2), (0.0, 32.0 ** 2), (32.0 ** 2, 96.0 ** 2), (96.0 ** 2, 1e5 ** 2))
+
+_UNBATCH_STAGE = "ExtractUnbatchedInputs"
+_EXTRACTOR_STAGE = "ExtractCocoEvalInputs"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reading one example's features and one model's outputs
+# --------------------------------------------------------------------------------------------------------------
+
+def _values(mapping: Mapping[str, Any], key: str, dtype=None) -> np.ndarray:
+    """A feature or output as a flat array (missing or None: empty).
+
+    TFMA gives one example's values as a numpy array, or, for features a schema declares sparse or ragged, as a
+    tensor value whose ``values`` are the flat array.
+    """
+    value = mapping.get(key) if mapping is not None else None
+    if value is None:
+        return np.zeros((0,), dtype or np.float64)
+    if hasattr(value, "values") and not isinstance(value, (np.ndarray, Mapping)):
+        value = value.values  # tfma.types.SparseTensorValue / RaggedTensorValue / VarLenTensorValue
+    array = np.asarray(value)
+    if array.dtype == object and array.size == 1 and isinstance(array.reshape(-1)[0], np.ndarray):
+        array = array.reshape(-1)[0]  # a ragged value wrapped in an object array
+    array = array.reshape(-1) if array.ndim != 1 else array
+    return array.astype(dtype) if dtype is not None else array
+
+
+def _scalar(mapping: Mapping[str, Any], key: str) -> Any:
+    values = _values(mapping, key)
+    if not len(values):
+        raise KeyError(f"the evaluation needs {key!r}, which this example (or the model's outputs) lacks; "
+                       f"present: {sorted(mapping) if mapping is not None else []}")
+    return values[0]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclasses.dataclass
+class GroundTruth:
+    """One image's ground truth, in pixels."""
+
+    source_id: int
+    sort_key: Tuple[int, str]  # COCO's image order: by id (then by image hash, only to be deterministic)
+    height: int
+    width: int
+    classes: np.ndarray  # [G] int64
+    is_crowd: np.ndarray  # [G] bool
+    areas: np.ndarray  # [G] float64 (COCO's annotation area: a crowd/object's mask area)
+    boxes: np.ndarray  # [G, 4] float64 pixel (xmin, ymin, xmax, ymax)
+    masks_png: List[bytes]
+
+
+def ground_truth_from_features(features: Mapping[str, Any], need_masks: bool) -> GroundTruth:
+    """Reads one example's ground truth from its TFMA features (the product's example format)."""
+    height, width = int(_scalar(features, ef.HEIGHT)), int(_scalar(features, ef.WIDTH))
+    source_id = int(_text(_scalar(features, ef.SOURCE_ID)))
+    key_values = _values(features, ef.KEY_SHA256)
+    sort_key = (source_id, _text(key_values[0]) if len(key_values) else "")
+    classes = _values(features, ef.CLASS_LABEL, np.int64)
+    num = len(classes)
+    crowd = _values(features, ef.IS_CROWD, np.int64)
+    is_crowd = crowd.astype(bool) if len(crowd) == num else np.zeros((num,), bool)
+    coordinates = [_values(features, k, np.float64) for k in (ef.BBOX_XMIN, ef.BBOX_YMIN, ef.BBOX_XMAX, ef.BBOX_YMAX)]
+    if all(len(c) == num for c in coordinates):
+        boxes = np.stack(coordinates, axis=-1).reshape(-1, 4) * [width, height, width, height]
+    elif need_masks:
+        boxes = np.zeros((num, 4))  # not needed for masks
+    else:
+        raise KeyError(f"image {source_id}: {num} classes but box coordinates of other lengths")
+    masks_png = [bytes(m) for m in _values(features, ef.MASK)] if need_masks else []
+    if need_masks and len(masks_png) != num:
+        raise KeyError(f"image {source_id}: {num} objects but {len(masks_png)} masks in {ef.MASK!r}")
+    areas = _values(features, ef.AREA, np.float64)
+    if len(areas) != num:
+        areas = np.full((num,), np.nan)  # unknown: evaluate_image takes the mask's (or the box's) area
+    return GroundTruth(source_id, sort_key, height, width, classes, is_crowd, areas, boxes, masks_png)
+
+
+@dataclasses.dataclass
+class Detections:
+    """One image's detections, in pixels, in the model's order (score-sorted)."""
+
+    classes: np.ndarray  # [D] int64
+    scores: np.ndarray  # [D] float64
+    boxes: np.ndarray  # [D, 4] float64 pixel (xmin, ymin, xmax, ymax)
+    normalized_boxes: np.ndarray  # [D, 4] the served (ymin, xmin, ymax, xmax)
+    masks: Optional[np.ndarray]  # [D, M, M] box-relative probabilities, or None
+
+
+def detections_from_outputs(outputs: Mapping[str, Any], height: int, width: int, need_masks: bool,
+                            source_id: int = 0) -> Detections:
+    """Reads one image's detections from the model's outputs, truncated to ``num_detections``."""
+    if outputs is None or DETECTION_BOXES not in outputs:
+        raise KeyError(f"the model's outputs lack {DETECTION_BOXES!r}; present: "
+                       f"{sorted(outputs) if outputs is not None else []} (is the tf.Example signature evaluated?)")
+    num = int(_scalar(outputs, NUM_DETECTIONS))
+    boxes = np.asarray(outputs[DETECTION_BOXES], np.float64).reshape(-1, 4)[:num]
+    classes = _values(outputs, DETECTION_CLASSES, np.float64)[:num].round().astype(np.int64)
+    scores = _values(outputs, DETECTION_SCORES, np.float64)[:num]
+    if IMAGE_SIZE in outputs and outputs[IMAGE_SIZE] is not None:
+        size = tuple(int(v) for v in _values(outputs, IMAGE_SIZE))
+        if size != (height, width):
+            # Boxes are normalized to the model's idea of the image; a different size means another image.
+            raise ValueError(f"image {source_id}: the model saw a {size[0]}x{size[1]} image, the example says "
+                             f"{height}x{width}")
+    masks = None
+    if need_masks:
+        if outputs.get(DETECTION_MASKS) is None:
+            raise KeyError(f"mask AP needs the model output {DETECTION_MASKS!r}; present: {sorted(outputs)}")
+        masks = np.asarray(outputs[DETECTION_MASKS], np.float32)
+        masks = masks.reshape((-1,) + masks.shape[-2:])[:num]
+    pixel = boxes[:, [1, 0, 3, 2]] * [width, height, width, height]
+    return Detections(classes, scores, pixel, boxes, masks)
+
+
+def object_count_bucket(num_objects: int) -> str:
+    """The slice name of an image with ``num_objects`` non-crowd objects: "0", "1", "2-3", ... "32+"."""
+    edges = OBJECT_COUNT_BUCKET_EDGES
+    for low, high in zip(edges, edges[1:]):
+        if num_objects < high:
+            return str(low) if high - low == 1 else f"{low}-{high - 1}"
+    return f"{edges[-1]}+"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# COCO evaluation, split into its per-image part (preprocessor) and its accumulation (combiner)
+# --------------------------------------------------------------------------------------------------------------
+
+_QUIET_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _quiet():
+    # pycocotools prints progress lines for every call; per image that would flood the Beam logs. The lock keeps
+    # Beam's worker threads from interleaving their swaps of sys.stdout (which could leave it swapped for good).
+    with _QUIET_LOCK, contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
+def _coco(dataset: Dict[str, Any]):
+    from pycocotools.coco import COCO  # pylint: disable=g-import-not-at-top
+
+    coco = COCO()
+    coco.dataset = dataset
+    with _quiet():
+        coco.createIndex()
+    return coco
+
+
+def _coco_params(iou_type: str, max_detections: int):
+    from pycocotools.cocoeval import Params  # pylint: disable=g-import-not-at-top
+
+    params = Params(iouType=iou_type)
+    # COCO's defaults (IoU .50:.05:.95, 101 recall points, areaRng) with the last maxDets configurable.
+    params.maxDets = sorted({1, 10, int(max_detections)})
+    return params
+
+
+# The outcome of COCO's matching of one image, for one class and one area range: what COCOeval.accumulate reads.
+ImageClassEval = Dict[str, np.ndarray]
+
+
+@dataclasses.dataclass
+class ImageEval:
+    """COCO's per-image matching for one image: ``(class index, area index) -> ImageClassEval``."""
+
+    sort_key: Tuple[int, str]
+    results: Dict[Tuple[int, int], ImageClassEval]
+
+
+def evaluate_image(ground_truth: GroundTruth, detections: Detections, iou_type: str, class_ids: Sequence[int],
+                   max_detections: int = 100, mask_threshold: float = masks_lib.DEFAULT_THRESHOLD) -> ImageEval:
+    """Runs COCO's per-image matching (``COCOeval.evaluateImg``) for one image.
+
+    Ground truth and detections of classes outside ``class_ids`` are left out, as COCOeval does with ``catIds``.
+    """
+    from pycocotools import mask as mask_api  # pylint: disable=g-import-not-at-top
+    from pycocotools.cocoeval import COCOeval  # pylint: disable=g-import-not-at-top
+
+    if iou_type not in ("bbox", "segm"):
+        raise ValueError(f"iou_type must be 'bbox' or 'segm', not {iou_type!r}")
+    class_index = {int(c): k for k, c in enumerate(class_ids)}
+    gt_keep = np.array([int(c) in class_index for c in ground_truth.classes], bool)
+    dt_keep = np.array([int(c) in class_index for c in detections.classes], bool)
+    present = sorted({int(c) for c in ground_truth.classes[gt_keep]} | {int(c) for c in detections.classes[dt_keep]})
+    if not present:
+        return ImageEval(ground_truth.sort_key, {})
+    height, width = ground_truth.height, ground_truth.width
+
+    gt_masks: List[Dict[str, Any]] = []
+    if iou_type == "segm":
+        for index in np.flatnonzero(gt_keep):
+            mask = ef.decode_png_mask(ground_truth.masks_png[index])
+            if mask.shape != (height, width):
+                raise ValueError(f"image {ground_truth.source_id}: mask {index} is {mask.shape[0]}x{mask.shape[1]}, "
+                                 f"the image {height}x{width}")
+            gt_masks.append(mask_api.encode(np.asfortranarray(mask)))
+    annotations = []
+    for n, index in enumerate(np.flatnonzero(gt_keep)):
+        xmin, ymin, xmax, ymax = (float(v) for v in ground_truth.boxes[index])
+        area = float(ground_truth.areas[index])
+        if not np.isfinite(area):  # no image/object/area: COCO's area is the mask's (or the box's) area
+            area = float(mask_api.area(gt_masks[n])) if iou_type == "segm" else (xmax - xmin) * (ymax - ymin)
+        annotation = {"id": n + 1,  # COCO ids start at 1: a matched id of 0 would read as "unmatched"
+                      "image_id": 1, "category_id": int(ground_truth.classes[index]),
+                      "iscrowd": int(ground_truth.is_crowd[index]), "area": area,
+                      "bbox": [xmin, ymin, xmax - xmin, ymax - ymin]}
+        if iou_type == "segm":
+            annotation["segmentation"] = gt_masks[n]
+        annotations.append(annotation)
+    images = [{"id": 1, "height": height, "width": width}]
+    categories = [{"id": int(c)} for c in class_ids]
+    coco_gt = _coco({"images": images, "categories": categories, "annotations": annotations})
+
+    kept = np.flatnonzero(dt_keep)
+    results = []
+    if iou_type == "segm" and len(kept):
+        full = masks_lib.paste_masks(detections.masks[kept], detections.normalized_boxes[kept], height, width,
+                                     threshold=mask_threshold)
+        rles = mask_api.encode(np.asfortranarray(np.transpose(full, (1, 2, 0))))
+        # Only "segmentation": with a "bbox" too, loadRes would take the box's area as the detection's area.
+        results = [{"image_id": 1, "category_id": int(detections.classes[i]), "score": float(detections.scores[i]),
+                    "segmentation": rle} for i, rle in zip(kept, rles)]
+    elif len(kept):
+        results = [{"image_id": 1, "category_id": int(detections.classes[i]), "score": float(detections.scores[i]),
+                    "bbox": [float(detections.boxes[i, 0]), float(detections.boxes[i, 1]),
+                             float(detections.boxes[i, 2] - detections.boxes[i, 0]),
+                             float(detections.boxes[i, 3] - detections.boxes[i, 1])]} for i in kept]
+    if results:
+        with _quiet():
+            coco_dt = coco_gt.loadRes(results)
+    else:  # loadRes cannot take an empty list
+        coco_dt = _coco({"images": images, "categories": categories, "annotations": []})
+
+    evaluation = COCOeval(coco_gt, coco_dt, iou_type)
+    evaluation.params = _coco_params(iou_type, max_detections)
+    evaluation.params.imgIds = [1]
+    evaluation.params.catIds = present
+    with _quiet():
+        evaluation.evaluate()
+    num_areas = len(evaluation.params.areaRng)
+    compact: Dict[Tuple[int, int], ImageClassEval] = {}
+    # evalImgs is ordered [class][area range][image], with one image here.
+    for k, class_id in enumerate(present):
+        for a in range(num_areas):
+            result = evaluation.evalImgs[k * num_areas + a]
+            if result is None:
+                continue
+            compact[(class_index[class_id], a)] = {
+                "dtScores": np.asarray(result["dtScores"], np.float64),
+                # accumulate() only asks "matched or not"; the matched ground-truth ids need not travel.
+                "dtMatches": np.asarray(result["dtMatches"]) > 0,
+                "dtIgnore": np.asarray(result["dtIgnore"], bool),
+                "gtIgnore": np.asarray(result["gtIgnore"], bool),
+            }
+    return ImageEval(ground_truth.sort_key, compact)
+
+
+def metric_names(name: str, class_names: Sequence[str]) -> List[str]:
+    """The metric names reported under ``name`` (e.g. "mask_ap"), in this order:
+
+    ``name`` (AP at IoU .50:.95), ``name50``, ``name75``, ``name_small``, ``name_medium``, ``name_large`` (by
+    object area: < 32², 32² to 96², > 96² pixels) and ``name/<class name>`` for each class (AP at IoU .50:.95
+    of that class alone); all at ``max_detections`` detections per image and class (COCO's 100), like COCO's
+    summary lines.
+    """
+    return ([name, f"{name}50", f"{name}75"] + [name + s for s in AREA_RANGE_SUFFIXES[1:]]
+            + [f"{name}/{class_name}" for class_name in class_names])
+
+
+def summarize(images: Iterable[ImageEval], iou_type: str, class_ids: Sequence[int],
+              max_detections: int = 100) -> Dict[str, Any]:
+    """COCO's accumulation over images and its summary numbers.
+
+    Returns ``{"ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large": float, "per_class": {class id: float}}``
+    where a number COCO reports as -1 (no ground truth for it) is NaN.
+    """
+    from pycocotools.cocoeval import COCOeval  # pylint: disable=g-import-not-at-top
+
+    ordered = sorted(images, key=lambda image: image.sort_key)
+    params = _coco_params(iou_type, max_detections)
+    params.imgIds = list(range(len(ordered)))
+    params.catIds = list(int(c) for c in class_ids)
+    num_classes, num_areas, num_images = len(params.catIds), len(params.areaRng), len(ordered)
+    nan = float("nan")
+    if not num_images or not num_classes:
+        return {"ap": nan, "ap50": nan, "ap75": nan, "ap_small": nan, "ap_medium": nan, "ap_large": nan,
+                "per_class": {int(c): nan for c in class_ids}}
+    eval_imgs: List[Optional[ImageClassEval]] = [None] * (num_classes * num_areas * num_images)
+    for i, image in enumerate(ordered):
+        for (k, a), result in image.results.items():
+            eval_imgs[k * num_areas * num_images + a * num_images + i] = result
+    evaluation = COCOeval(iouType=iou_type)
+    evaluation.params = params
+    evaluation._paramsEval = copy.deepcopy(params)  # pylint: disable=protected-access  (what evaluate() sets)
+    evaluation.evalImgs = eval_imgs
+    with _quiet():
+        evaluation.accumulate()
+    # precision: [IoU thresholds, recall points, classes, area ranges, max detections], -1 where undefined.
+    precision = evaluation.eval["precision"][..., -1]
+
+    def mean(values: np.ndarray) -> float:
+        valid = values[values > -1]
+        return float(np.mean(valid)) if valid.size else nan
+
+    iou_50 = int(np.argmin(np.abs(params.iouThrs - 0.5)))
+    iou_75 = int(np.argmin(np.abs(params.iouThrs - 0.75)))
+    return {
+        "ap": mean(precision[:, :, :, 0]),
+        "ap50": mean(precision[iou_50, :, :, 0]),
+        "ap75": mean(precision[iou_75, :, :, 0]),
+        "ap_small": mean(precision[:, :, :, 1]),
+        "ap_medium": mean(precision[:, :, :, 2]),
+        "ap_large": mean(precision[:, :, :, 3]),
+        "per_class": {int(c): mean(precision[:, :, k, 0]) for k, c in enumerate(params.catIds)},
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# TFMA metrics
+# --------------------------------------------------------------------------------------------------------------
+
+class _CocoImageEvalPreprocessor(metric_types.Preprocessor):
+    """Per example, before slicing: COCO's matching of one image against one model's detections."""
+
+    def __init__(self, iou_type: str, class_ids: Sequence[int], max_detections: int, mask_threshold: float,
+                 model_name: str):
+        # The name identifies the preprocessor to TFMA (equal names are computed once), so it spells every input.
+        super().__init__(name=f"_coco_{iou_type}_image_eval:{model_name}:{list(class_ids)}:{max_detections}:"
+                              f"{mask_threshold}")
+        self._iou_type = iou_type
+        self._class_ids = [int(c) for c in class_ids]
+        self._max_detections = int(max_detections)
+        self._mask_threshold = float(mask_threshold)
+        self._model_name = model_name
+
+    def process(self, extracts: tfma.types.Extracts) -> Iterator[ImageEval]:
+        extracts = tfma_util.StandardExtracts(extracts)
+        need_masks = self._iou_type == "segm"
+        ground_truth = ground_truth_from_features(extracts.get_features(), need_masks=need_masks)
+        detections = detections_from_outputs(extracts.get_predictions(self._model_name), ground_truth.height,
+                                             ground_truth.width, need_masks=need_masks,
+                                             source_id=ground_truth.source_id)
+        yield evaluate_image(ground_truth, detections, self._iou_type, self._class_ids, self._max_detections,
+                             self._mask_threshold)
+
+
+class _CocoAccumulateCombiner(beam.CombineFn):
+    """Gathers the per-image matchings of a slice; COCO's accumulation and summary at the end."""
+
+    def __init__(self, keys: List[metric_types.MetricKey], iou_type: str, class_ids: Sequence[int],
+                 max_detections: int):
+        self._keys = keys  # in metric_names() order
+        self._iou_type = iou_type
+        self._class_ids = [int(c) for c in class_ids]
+        self._max_detections = max_detections
+
+    def create_accumulator(self) -> List[ImageEval]:
+        return []
+
+    def add_input(self, accumulator: List[ImageEval], element: ImageEval) -> List[ImageEval]:
+        accumulator.append(element)
+        return accumulator
+
+    def merge_accumulators(self, accumulators: Iterable[List[ImageEval]]) -> List[ImageEval]:
+        accumulators = iter(accumulators)
+        merged = next(accumulators)
+        for accumulator in accumulators:
+            merged.extend(accumulator)
+        return merged
+
+    def extract_output(self, accumulator: List[ImageEval]) -> Dict[metric_types.MetricKey, float]:
+        summary = summarize(accumulator, self._iou_type, self._class_ids, self._max_detections)
+        values = [summary[k] for k in ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")]
+        values += [summary["per_class"][c] for c in self._class_ids]
+        return dict(zip(self._keys, values))
+
+
+class _COCOAveragePrecisionBase(metric_types.Metric):
+    """COCO AP (``pycocotools`` semantics) of one IoU type as a TFMA metric; see the module docstring."""
+
+    IOU_TYPE = ""
+    DEFAULT_NAME = ""
+
+    def __init__(self, class_ids: Sequence[int], class_names: Optional[Sequence[str]] = None,
+                 max_detections: int = 100, mask_threshold: float = masks_lib.DEFAULT_THRESHOLD,
+                 name: Optional[str] = None):
+        """Args:
+          class_ids: the label map's ids; AP is the mean over those that have ground truth (as COCO's catIds).
+          class_names: one per id, naming the per-class metrics ("<name>/<class name>"); default the ids.
+          max_detections: per image and class, the highest-scoring ones count (COCO's maxDets, 100).
+          mask_threshold: probability above which a pasted mask pixel belongs to the instance (masks only).
+          name: the overall AP's metric name and prefix of the others (see :func:`metric_names`).
+        """
+        class_ids = [int(c) for c in class_ids]
+        class_names = [str(c) for c in class_ids] if class_names is None else [str(n) for n in class_names]
+        if not class_ids:
+            raise ValueError("class_ids is empty")
+        if len(class_names) != len(class_ids):
+            raise ValueError(f"{len(class_ids)} class ids but {len(class_names)} class names")
+        if len(set(class_ids)) != len(class_ids):
+            raise ValueError(f"class ids repeat: {class_ids}")
+        if int(max_detections) < 1:
+            raise ValueError(f"max_detections must be >= 1, not {max_detections}")
+        super().__init__(self._metric_computations, class_ids=class_ids, class_names=class_names,
+                         max_detections=int(max_detections), mask_threshold=float(mask_threshold),
+                         name=name or self.DEFAULT_NAME)
+
+    def _default_name(self) -> str:
+        return self.DEFAULT_NAME
+
+    @property
+    def compute_confidence_interval(self) -> bool:
+        # Jackknife/bootstrap would rerun COCO's accumulation per resample; not worth it for a blessing gate.
+        return False
+
+    def _metric_computations(self, class_ids: List[int], class_names: List[str], max_detections: int,
+                             mask_threshold: float, name: str, model_names: Optional[List[str]] = None,
+                             output_names: Optional[List[str]] = None,
+                             example_weighted: bool = False) -> metric_types.MetricComputations:
+        if example_weighted:
+            raise ValueError(f"{name}: COCO AP has no example weights; set MetricsSpec.example_weights "
+                             f"unweighted for it")
+        computations = []
+        for model_name in model_names or [""]:
+            for output_name in output_names or [""]:
+                keys = [metric_types.MetricKey(name=n, model_name=model_name, output_name=output_name,
+                                               example_weighted=False)
+                        for n in metric_names(name, class_names)]
+                preprocessor = _CocoImageEvalPreprocessor(self.IOU_TYPE, class_ids, max_detections, mask_threshold,
+                                                          model_name)
+                computations.append(metric_types.MetricComputation(
+                    keys=keys, preprocessors=[preprocessor],
+                    combiner=_CocoAccumulateCombiner(keys, self.IOU_TYPE, class_ids, max_detections)))
+        return computations
+
+
+class COCOMaskAP(_COCOAveragePrecisionBase):
+    """COCO mask AP (``COCOeval`` ``segm``): AP, AP50, AP75, APs/m/l and per-class AP, named by
+    :func:`metric_names` (default prefix "mask_ap").
+
+    Configure with ``tfma.MetricConfig(class_name="COCOMaskAP", module="pipelines.metrics", config=...)``
+    (``pipelines.eval_config`` does). Reads the example's ``image/object/mask`` PNGs, classes, crowd flags and
+    areas, and the model's ``detection_*`` outputs (see :data:`REQUIRED_OUTPUTS`).
+    """
+
+    IOU_TYPE = "segm"
+    DEFAULT_NAME = "mask_ap"
+
+
+class COCOBoxAP(_COCOAveragePrecisionBase):
+    """COCO box AP (``COCOeval`` ``bbox``) with COCO's crowd handling and area ranges (areas are the
+    example's ``image/object/area``, as in COCO), reported like :class:`COCOMaskAP` (default prefix "box_ap")."""
+
+    IOU_TYPE = "bbox"
+    DEFAULT_NAME = "box_ap"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The extractor for TFMA's own box metric and for slicing
+# --------------------------------------------------------------------------------------------------------------
+
+def _add_eval_inputs(extracts: tfma.types.Extracts, model_names: Sequence[str]) -> tfma.types.Extracts:
+    """Adds the pixel boxes and the object-count bucket to one (unbatched) example's extracts."""
+    result = copy.copy(extracts)  # Beam elements are immutable: copy what changes
+    features = dict(extracts[tfma_constants.FEATURES_KEY])
+    ground_truth = ground_truth_from_features(features, need_masks=False)
+    # TFMA's box AP has no crowd handling: crowd regions are left out of its ground truth (so a detection on one
+    # counts as a false positive there; COCOBoxAP ignores it as COCO does).
+    keep = ~ground_truth.is_crowd
+    features[GROUNDTRUTH_PIXEL_BOXES] = np.concatenate(
+        [ground_truth.boxes[keep], ground_truth.classes[keep, np.newaxis].astype(np.float64)], axis=1)
+    features[OBJECT_COUNT] = np.array([object_count_bucket(int(keep.sum()))], dtype=object)
+    result[tfma_constants.FEATURES_KEY] = features
+
+    standard = tfma_util.StandardExtracts(extracts)
+    predictions = {}
+    for model_name in model_names:
+        outputs = dict(standard.get_predictions(model_name or None))
+        detections = detections_from_outputs(outputs, ground_truth.height, ground_truth.width, need_masks=False,
+                                             source_id=ground_truth.source_id)
+        outputs[DETECTION_PIXEL_BOXES] = np.concatenate(
+            [detections.boxes, detections.classes[:, np.newaxis].astype(np.float64),
+             detections.scores[:, np.newaxis]], axis=1)
+        predictions[model_name] = outputs
+    result[tfma_constants.PREDICTIONS_KEY] = predictions[""] if list(model_names) == [""] else predictions
+    return result
+
+
+def _model_names(eval_config: tfma.EvalConfig) -> List[str]:
+    # TFMA keys predictions by model name only when there are several models.
+    specs = list(eval_config.model_specs)
+    return [spec.name for spec in specs] if len(specs) > 1 else [""]
+
+
+def CocoEvalInputsExtractor(eval_config: tfma.EvalConfig) -> tfma.extractors.Extractor:  # pylint: disable=invalid-name
+    """Adds, to every unbatched example, what the model and the example do not carry:
+
+    - features[:data:`GROUNDTRUTH_PIXEL_BOXES`]: [G, 5] non-crowd ground truth (left, top, right, bottom, class)
+      in pixels, TFMA's box-metric label layout;
+    - predictions[:data:`DETECTION_PIXEL_BOXES`] (per model): [D, 6] detections (left, top, right, bottom,
+      class, score) in pixels, truncated to ``num_detections``;
+    - features[:data:`OBJECT_COUNT`]: the bucket of the number of non-crowd objects, a feature to slice on.
+
+    Must run after TFMA's unbatching and before slicing (:func:`custom_extractors` places it there).
+    """
+    model_names = _model_names(eval_config)
+    return tfma.extractors.Extractor(
+        stage_name=_EXTRACTOR_STAGE,
+        ptransform=beam.Map(_add_eval_inputs, model_names=model_names))
+
+
+def custom_extractors(eval_shared_model: tfma.types.MaybeMultipleEvalSharedModels, eval_config: tfma.EvalConfig,
+                      tensor_adapter_config: Optional[Any] = None) -> List[tfma.extractors.Extractor]:
+    """TFMA's default extractors with :func:`CocoEvalInputsExtractor` between unbatching and slicing.
+
+    The TFX Evaluator calls this when given ``module_path="pipelines.metrics"``; with ``tfma.run_model_analysis``
+    pass ``extractors=custom_extractors(...)``.
+    """
+    extractors = tfma.default_extractors(eval_shared_model=eval_shared_model, eval_config=eval_config,
+                                         tensor_adapter_config=tensor_adapter_config)
+    stages = [extractor.stage_name for extractor in extractors]
+    if _UNBATCH_STAGE not in stages:
+        raise RuntimeError(f"TFMA's default extractors have no {_UNBATCH_STAGE!r} stage (stages: {stages}); "
+                           f"this TFMA version is not supported")
+    extractors.insert(stages.index(_UNBATCH_STAGE) + 1, CocoEvalInputsExtractor(eval_config))
+    logging.info("TFMA extractors: %s", [extractor.stage_name for extractor in extractors])
+    return extractors
