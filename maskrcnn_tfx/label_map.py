@@ -15,6 +15,8 @@ import functools
 import json
 from typing import Dict, Iterable, List, Mapping, Tuple
 
+from maskrcnn_tfx import files
+
 FORMAT_TAG = "maskrcnn-tfx/label-map@1"
 FILE_NAME = "label_map.json"
 
@@ -109,33 +111,9 @@ class LabelMap:
 
     def save(self, path: str) -> None:
         """Writes the label map (local path or any path ``tf.io.gfile`` understands)."""
-        _write_text(path, self.to_json())
+        files.write_text(path, self.to_json())
 
     @classmethod
     def load(cls, path: str) -> "LabelMap":
-        return cls.from_json(_read_text(path), source=str(path))
+        return cls.from_json(files.read_text(path), source=str(path))
 
-
-def _is_remote(path: str) -> bool:
-    return "://" in str(path)
-
-
-def _read_text(path: str) -> str:
-    if _is_remote(path):
-        import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-        with tf.io.gfile.GFile(path, "r") as f:
-            return f.read()
-    with open(path, encoding="utf-8") as f:
-        return f.read()
-
-
-def _write_text(path: str, text: str) -> None:
-    if _is_remote(path):
-        import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-        with tf.io.gfile.GFile(path, "w") as f:
-            f.write(text)
-        return
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)

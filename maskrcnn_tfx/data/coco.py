@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from maskrcnn_tfx import example_format
+from maskrcnn_tfx.files import read_bytes
 from maskrcnn_tfx.label_map import LabelMap, LabelMapError
 
 ON_ERROR_CHOICES = ("fail", "skip")
@@ -123,20 +124,6 @@ class ImageConversion:
 
     example: Optional[example_format.InstanceExample]
     skipped: List[SkippedItem]
-
-
-def is_remote(path: str) -> bool:
-    return "://" in str(path)
-
-
-def read_bytes(path: str) -> bytes:
-    if is_remote(path):
-        import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-        with tf.io.gfile.GFile(path, "rb") as f:
-            return f.read()
-    with open(path, "rb") as f:
-        return f.read()
 
 
 def image_path(images_dir: str, image: ImageInfo) -> str:

@@ -41,8 +41,9 @@ import uuid
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from maskrcnn_tfx import label_map as label_map_lib
+from maskrcnn_tfx.files import is_remote
 from maskrcnn_tfx.data.coco import (ON_ERROR_CHOICES, CocoDataset, ConversionError, ImageInfo, SkippedItem,
-                                    annotation_problem, convert_image, image_path, is_remote, read_coco,
+                                    annotation_problem, convert_image, image_path, read_coco,
                                     serialize_example)
 
 __all__ = ["convert_coco", "ConversionReport", "SplitReport", "ConversionError", "SkippedItem",
