@@ -18,6 +18,8 @@ SUBCOMMANDS = {
                      "Convert COCO JSON annotations and images into sharded TFRecords and a label map."),
     "make-shapes": ("maskrcnn_tfx.data.shapes_cli",
                     "Generate the synthetic shapes data set (COCO JSON + images) and convert it to TFRecords."),
+    "run": ("pipelines.run_cli",
+            "Run the TFX pipeline (local or Beam) or compile it for Kubeflow; print the pushed model and metrics."),
 }
 
 

@@ -1,0 +1,353 @@
+"""The pipeline's one typed configuration: where the data is, where outputs go, how to train, when to bless.
+
+Every runner (local, Beam, Kubeflow) builds its pipeline from a :class:`PipelineConfig`, loaded from a YAML file
+and/or command-line flags and validated once by :meth:`PipelineConfig.validate`, so a mistake is reported before
+any component runs. A YAML file mirrors the dataclasses::
+
+    pipeline_name: maskrcnn-shapes
+    pipeline_root: outputs/pipeline
+    data:
+      root: outputs/shapes/tfrecords       # converter output: train/, eval/, label_map.json
+      train_pattern: train/*                # or span-{SPAN}/train/* for spans
+      eval_pattern: eval/*
+    serving_dir: outputs/serving           # the Pusher writes <serving_dir>/<unix seconds>/
+    trainer:
+      preset: tiny
+      overrides: {train: {batch_size: 4}}
+      train_steps: 200
+    evaluation: {min_mask_ap: 0.1, min_box_ap: 0.1, max_ap_drop: 0.0}
+    runner: local
+
+Relative paths are resolved against the current directory when the configuration is validated, because TFX
+components may run in another working directory.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import yaml
+
+from maskrcnn_tfx import label_map as label_map_lib
+
+RUNNERS = ("local", "beam", "kubeflow")
+INFRA_VALIDATION_MODES = ("off", "docker", "kubernetes")
+BOX_METRICS = ("tfma", "pycocotools")
+SPAN_TOKEN = "{SPAN}"
+DEFAULT_PIPELINE_NAME = "maskrcnn-tfx"
+DEFAULT_IMAGE = "maskrcnn-tfx:latest"
+# In-process Beam: worker processes take ~40 s to start, more than small runs spend computing.
+LOCAL_BEAM_ARGS = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
+
+
+class PipelineConfigError(ValueError):
+    """The pipeline configuration is invalid; the message lists every problem found."""
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """The input: TFRecords of tf.Examples (the converter's format) and their label map.
+
+    Either explicit split patterns (``train_pattern``/``eval_pattern``, relative to ``root``) or one
+    ``pattern`` split into train/eval by hash buckets (``hash_buckets``, e.g. [8, 2]). Patterns may hold
+    ``{SPAN}``: ExampleGen then takes the latest span present (and a new span triggers a new run).
+    """
+
+    root: str = ""
+    train_pattern: str = "train/*"
+    eval_pattern: str = "eval/*"
+    pattern: str = ""
+    hash_buckets: List[int] = dataclasses.field(default_factory=list)
+    # Default: <root>/label_map.json, as the converter writes it.
+    label_map_path: str = ""
+    # A curated schema.pbtxt: ImportSchemaGen replaces SchemaGen, so the schema does not drift with the data.
+    schema_path: str = ""
+
+    @property
+    def uses_hash_buckets(self) -> bool:
+        return bool(self.pattern)
+
+
+@dataclasses.dataclass
+class TrainerSettings:
+    """The Trainer: a preset of ``trainer/presets`` plus overrides (the Trainer's ``custom_config``)."""
+
+    preset: str = "tiny"
+    overrides: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    # 0: the configuration's train.train_steps / train.eval_steps (-1 = the whole eval split).
+    train_steps: int = 0
+    eval_steps: int = 0
+
+
+@dataclasses.dataclass
+class EvaluationConfig:
+    """Blessing thresholds of the Evaluator (on the overall slice) and the cost of TFMA's box AP."""
+
+    min_mask_ap: Optional[float] = None
+    min_box_ap: Optional[float] = None
+    # Against the latest blessed model (when there is one): the candidate's AP may be at most this lower.
+    max_ap_drop: Optional[float] = 0.0
+    # "tfma" (TFMA's COCOMeanAveragePrecision) fails in TFMA 0.47 once a baseline model is evaluated too (its
+    # box-matching preprocessor drops the per-model keys), i.e. from the second run on; "pycocotools" gives
+    # COCO's exact box AP and works with a baseline. Use "tfma" for single-model evaluations until fixed.
+    box_metric: str = "pycocotools"
+    box_num_thresholds: int = 1000
+    max_detections: int = 100
+
+
+@dataclasses.dataclass
+class InfraValidationConfig:
+    """InfraValidator: loads the model in TF Serving before pushing. Off by default (needs Docker or k8s)."""
+
+    mode: str = "off"
+    serving_image: str = "tensorflow/serving"
+    serving_tags: List[str] = dataclasses.field(default_factory=lambda: ["2.16.1"])
+    num_examples: int = 4
+
+
+@dataclasses.dataclass
+class KubeflowConfig:
+    """KFP v2 / Vertex AI compilation."""
+
+    image: str = DEFAULT_IMAGE
+    # Default: <pipeline_root>/<pipeline_name>.json when pipeline_root is local, else ./<pipeline_name>.json.
+    output_file: str = ""
+
+
+@dataclasses.dataclass
+class PipelineConfig:
+    """Everything :func:`pipelines.pipeline.create_pipeline` needs (see the module docstring)."""
+
+    pipeline_name: str = DEFAULT_PIPELINE_NAME
+    # Default: ./outputs/pipeline.
+    pipeline_root: str = ""
+    # Default: <pipeline_root>/metadata.sqlite (local and Beam runners).
+    metadata_path: str = ""
+    # Default: <pipeline_root>/serving.
+    serving_dir: str = ""
+    runner: str = "local"
+    # Beam options of the data components; default: in-process for local, multi-processing for beam.
+    beam_args: List[str] = dataclasses.field(default_factory=list)
+    enable_cache: bool = True
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    trainer: TrainerSettings = dataclasses.field(default_factory=TrainerSettings)
+    evaluation: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
+    infra_validation: InfraValidationConfig = dataclasses.field(default_factory=InfraValidationConfig)
+    kubeflow: KubeflowConfig = dataclasses.field(default_factory=KubeflowConfig)
+
+    # -- construction --------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], *, source: str = "configuration") -> "PipelineConfig":
+        """Builds a configuration from nested dicts; unknown keys and wrong types are errors."""
+        problems: List[str] = []
+        config = _build(cls, values, "", problems)
+        if problems:
+            raise PipelineConfigError(f"{source}: " + "; ".join(problems))
+        return config
+
+    @classmethod
+    def from_yaml(cls, path: str) -> "PipelineConfig":
+        try:
+            with open(path, encoding="utf-8") as f:
+                body = yaml.safe_load(f)
+        except OSError as e:
+            raise PipelineConfigError(f"cannot read the configuration file {path}: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            raise PipelineConfigError(f"{path}: not valid YAML ({e})") from None
+        if body is None:
+            body = {}
+        if not isinstance(body, dict):
+            raise PipelineConfigError(f"{path}: expected a mapping of configuration fields")
+        return cls.from_dict(body, source=path)
+
+    def replace(self, **changes: Any) -> "PipelineConfig":
+        """A copy with some fields changed; nested sections given as dicts are merged into the current ones."""
+        values = self.to_dict()
+        _merge(values, changes)
+        return PipelineConfig.from_dict(values)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    # -- derived values ------------------------------------------------------------------------------------
+
+    @property
+    def label_map_path(self) -> str:
+        return self.data.label_map_path or os.path.join(self.data.root, label_map_lib.FILE_NAME)
+
+    @property
+    def resolved_metadata_path(self) -> str:
+        return self.metadata_path or os.path.join(self.pipeline_root, "metadata.sqlite")
+
+    @property
+    def resolved_serving_dir(self) -> str:
+        return self.serving_dir or os.path.join(self.pipeline_root, "serving")
+
+    @property
+    def resolved_beam_args(self) -> List[str]:
+        if self.beam_args:
+            return list(self.beam_args)
+        if self.runner == "beam":
+            # Beam's DirectRunner in worker processes: uses every core, the shape a cluster runner has.
+            return ["--direct_running_mode=multi_processing", f"--direct_num_workers={os.cpu_count() or 1}"]
+        return list(LOCAL_BEAM_ARGS)
+
+    def trainer_custom_config(self) -> Dict[str, Any]:
+        """The Trainer's ``custom_config``: the trainer configuration dict of ``trainer.task``."""
+        custom = {"preset": self.trainer.preset, "label_map_path": self.label_map_path}
+        _merge(custom, self.trainer.overrides)
+        return custom
+
+    # -- validation ----------------------------------------------------------------------------------------
+
+    def validate(self, *, check_files: bool = True) -> "PipelineConfig":
+        """Fills defaults, makes local paths absolute and checks every field; returns a validated copy.
+
+        Raises :class:`PipelineConfigError` listing every problem. ``check_files`` also checks that the data
+        and label map exist (not possible for remote paths at compile time on another machine).
+        """
+        c = PipelineConfig.from_dict(self.to_dict())
+        problems: List[str] = []
+
+        def need(condition: bool, message: str) -> None:
+            if not condition:
+                problems.append(message)
+
+        need(bool(c.pipeline_name) and all(ch.isalnum() or ch in "-_." for ch in c.pipeline_name),
+             f"pipeline_name must be non-empty letters, digits, '-', '_' or '.', not {c.pipeline_name!r}")
+        need(c.runner in RUNNERS, f"runner must be one of {', '.join(RUNNERS)}, not {c.runner!r}")
+        c.pipeline_root = _absolute(c.pipeline_root or os.path.join("outputs", "pipeline"))
+        c.metadata_path = _absolute(c.metadata_path) if c.metadata_path else ""
+        c.serving_dir = _absolute(c.serving_dir) if c.serving_dir else ""
+
+        d = c.data
+        need(bool(d.root), "data.root is required (--data DIR): the converter's output directory")
+        d.root = _absolute(d.root) if d.root else d.root
+        d.label_map_path = _absolute(d.label_map_path) if d.label_map_path else ""
+        d.schema_path = _absolute(d.schema_path) if d.schema_path else ""
+        if d.uses_hash_buckets:
+            need(len(d.hash_buckets) == 2 and all(isinstance(b, int) and b > 0 for b in d.hash_buckets),
+                 f"data.hash_buckets must be two positive integers (train, eval) with data.pattern, "
+                 f"not {d.hash_buckets}")
+            patterns = [d.pattern]
+        else:
+            need(not d.hash_buckets, "data.hash_buckets needs data.pattern (one pattern split by hash)")
+            need(bool(d.train_pattern) and bool(d.eval_pattern), "data.train_pattern and data.eval_pattern "
+                                                                  "are required without data.pattern")
+            patterns = [d.train_pattern, d.eval_pattern]
+        spans = [SPAN_TOKEN in p for p in patterns]
+        need(all(spans) or not any(spans), f"either every pattern holds {SPAN_TOKEN} or none does: {patterns}")
+        need(all(not os.path.isabs(p) for p in patterns), f"data patterns are relative to data.root: {patterns}")
+        if check_files and d.root and _is_local(d.root):
+            need(os.path.isdir(d.root), f"data.root {d.root} is not a directory")
+            need(os.path.isfile(c.label_map_path),
+                 f"no label map at {c.label_map_path} (set data.label_map_path, or convert the data with "
+                 f"maskrcnn-tfx convert-coco, which writes it)")
+            if d.schema_path:
+                need(os.path.isfile(d.schema_path), f"data.schema_path {d.schema_path} is not a file")
+
+        t = c.trainer
+        need(t.train_steps >= 0, f"trainer.train_steps must be >= 0 (0: the preset's), not {t.train_steps}")
+        need(t.eval_steps >= -1, f"trainer.eval_steps must be >= -1, not {t.eval_steps}")
+        need(isinstance(t.overrides, dict), "trainer.overrides must be a mapping of trainer fields")
+        if not problems:
+            # The Trainer would fail only after Transform: check the trainer configuration now.
+            from trainer import config as trainer_config  # pylint: disable=g-import-not-at-top
+            try:
+                trainer_config.load_config(overrides=c.trainer_custom_config())
+            except trainer_config.ConfigError as e:
+                problems.append(f"trainer: {e}")
+
+        e = c.evaluation
+        for name in ("min_mask_ap", "min_box_ap", "max_ap_drop"):
+            value = getattr(e, name)
+            need(value is None or 0.0 <= value <= 1.0, f"evaluation.{name} must be in [0, 1], not {value}")
+        need(e.box_metric in BOX_METRICS, f"evaluation.box_metric must be one of {BOX_METRICS}, not {e.box_metric!r}")
+        need(e.box_num_thresholds >= 2, f"evaluation.box_num_thresholds must be >= 2, not {e.box_num_thresholds}")
+        need(e.max_detections >= 1, f"evaluation.max_detections must be >= 1, not {e.max_detections}")
+
+        iv = c.infra_validation
+        need(iv.mode in INFRA_VALIDATION_MODES,
+             f"infra_validation.mode must be one of {', '.join(INFRA_VALIDATION_MODES)}, not {iv.mode!r}")
+        need(bool(iv.serving_tags), "infra_validation.serving_tags must name at least one image tag")
+        need(iv.num_examples >= 1, f"infra_validation.num_examples must be >= 1, not {iv.num_examples}")
+        need(bool(c.kubeflow.image), "kubeflow.image is required")
+        if problems:
+            raise PipelineConfigError("invalid pipeline configuration:\n  " + "\n  ".join(problems))
+        return c
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path
+
+
+def _absolute(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path)) if _is_local(path) else path
+
+
+def _merge(base: Dict[str, Any], changes: Mapping[str, Any]) -> None:
+    """Deep-merges ``changes`` into ``base`` (dicts merge, other values replace)."""
+    for key, value in changes.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = dict(value) if isinstance(value, Mapping) else value
+
+
+_SCALAR_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
+
+
+def _build(cls, values: Mapping[str, Any], prefix: str, problems: List[str]):
+    if not isinstance(values, Mapping):
+        problems.append(f"{prefix.rstrip('.') or 'configuration'} must be a mapping, not {values!r}")
+        return cls()
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: Dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if key not in fields:
+            problems.append(f"unknown field {name!r} (known: {', '.join(sorted(fields))})")
+            continue
+        default = fields[key].default_factory() if fields[key].default_factory is not dataclasses.MISSING \
+            else fields[key].default
+        if dataclasses.is_dataclass(default):
+            kwargs[key] = _build(type(default), value or {}, f"{name}.", problems)
+        else:
+            kwargs[key] = _coerce(str(fields[key].type), value, name, problems)
+    return cls(**kwargs)
+
+
+def _coerce(type_name: str, value: Any, name: str, problems: List[str]) -> Any:
+    """Checks a leaf's type from its annotation (``from __future__ import annotations`` makes it a string)."""
+    optional = type_name.startswith("Optional[")
+    inner = type_name[len("Optional["):-1] if optional else type_name
+    if value is None:
+        if not optional:
+            problems.append(f"{name} may not be empty")
+        return value
+    if inner in _SCALAR_TYPES:
+        tp = _SCALAR_TYPES[inner]
+        if tp is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            problems.append(f"{name} must be {inner}, not {value!r}")
+        return value
+    if inner.startswith("List["):
+        if isinstance(value, str):
+            value = value.split() if inner == "List[str]" else [value]
+        if not isinstance(value, Sequence):
+            problems.append(f"{name} must be a list, not {value!r}")
+            return []
+        item = inner[len("List["):-1]
+        return [_coerce(item, v, f"{name}[{i}]", problems) for i, v in enumerate(value)]
+    if inner.startswith("Dict["):
+        if not isinstance(value, Mapping):
+            problems.append(f"{name} must be a mapping, not {value!r}")
+            return {}
+        return dict(value)
+    return value

@@ -1,0 +1,37 @@
+"""Compiles the pipeline for Kubeflow Pipelines v2 / Vertex AI Pipelines (a pipeline JSON; nothing runs here).
+
+Every component runs in ``config.kubeflow.image`` (built from this repository's Dockerfile), which must hold
+this project so that the custom components, ``trainer.*`` and ``pipelines.metrics`` import. Submit the JSON
+with the KFP client or ``google.cloud.aiplatform.PipelineJob(template_path=...)``. Paths in the configuration
+(data, pipeline root, serving dir) must be readable by the cluster, e.g. ``gs://`` URIs.
+"""
+from __future__ import annotations
+
+import os
+
+import maskrcnn_tfx  # noqa: F401  (selects tf_keras before TensorFlow loads)
+from tfx import v1 as tfx
+
+from pipelines.config import PipelineConfig
+from pipelines.pipeline import create_pipeline
+
+
+def output_file(config: PipelineConfig) -> str:
+    """Where the pipeline JSON goes: ``kubeflow.output_file``, else ``<pipeline_name>.json`` under the local
+    pipeline root (or the current directory when the root is remote)."""
+    if config.kubeflow.output_file:
+        return os.path.abspath(config.kubeflow.output_file)
+    folder = config.pipeline_root if "://" not in config.pipeline_root else os.getcwd()
+    return os.path.join(folder, f"{config.pipeline_name}.json")
+
+
+def compile_pipeline(config: PipelineConfig) -> str:
+    """Validates ``config`` and writes the KFP v2 pipeline JSON; returns its path."""
+    config = config.replace(runner="kubeflow").validate(check_files=False)
+    path = output_file(config)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
+        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=config.kubeflow.image),
+        output_dir=os.path.dirname(path), output_filename=os.path.basename(path))
+    runner.run(create_pipeline(config, validated=True))
+    return path

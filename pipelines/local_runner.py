@@ -1,0 +1,22 @@
+"""Runs the pipeline in this process with TFX's LocalDagRunner (the default runner).
+
+Metadata is a SQLite file under the pipeline root (``config.metadata_path`` to change it); the data components
+use in-process Beam unless ``beam_args`` say otherwise.
+"""
+from __future__ import annotations
+
+import os
+
+import maskrcnn_tfx  # noqa: F401  (selects tf_keras before TensorFlow loads)
+from tfx import v1 as tfx
+
+from pipelines.config import PipelineConfig
+from pipelines.pipeline import create_pipeline
+
+
+def run(config: PipelineConfig) -> None:
+    """Validates ``config``, then runs every component to completion; a failing component raises."""
+    config = config.replace(runner="local").validate()
+    # SQLite needs the metadata file's folder to exist.
+    os.makedirs(os.path.dirname(config.resolved_metadata_path), exist_ok=True)
+    tfx.orchestration.LocalDagRunner().run(create_pipeline(config, validated=True))

@@ -1,0 +1,178 @@
+"""Where a run's outputs are, read from ML Metadata (the pipeline's metadata store), never from guessed paths.
+
+:func:`latest_run` returns the executions of the latest run of a pipeline (state, timings, input and output
+artifacts per component); :func:`summarize_run` adds what a user asks after a run: the pushed model's path
+and version, whether the model was blessed, and the Evaluator's mask and box AP.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Dict, List, Optional
+
+import maskrcnn_tfx  # noqa: F401  (selects tf_keras before TensorFlow loads)
+from ml_metadata.proto import metadata_store_pb2
+from tfx import v1 as tfx
+from tfx.orchestration import metadata as tfx_metadata
+
+from pipelines.config import PipelineConfig
+
+_STATE_NAMES = {v: k for k, v in metadata_store_pb2.Execution.State.items()}
+_OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT,
+                  metadata_store_pb2.Event.PENDING_OUTPUT)
+_INPUT_EVENTS = (metadata_store_pb2.Event.INPUT, metadata_store_pb2.Event.DECLARED_INPUT)
+# The overall numbers printed after a run (pipelines.metrics names).
+HEADLINE_METRICS = ("mask_ap", "box_ap", "mask_ap50", "box_ap50")
+
+
+@dataclasses.dataclass
+class ArtifactInfo:
+    type_name: str
+    uri: str
+    custom_properties: Dict[str, Any]
+
+
+@dataclasses.dataclass
+class ExecutionInfo:
+    """One component's execution in a run."""
+
+    component_id: str
+    state: str  # NEW, RUNNING, COMPLETE, FAILED, CACHED, CANCELED
+    start_ms: int
+    end_ms: int
+    inputs: Dict[str, List[ArtifactInfo]]
+    outputs: Dict[str, List[ArtifactInfo]]
+
+    @property
+    def seconds(self) -> float:
+        return max(0, self.end_ms - self.start_ms) / 1000.0
+
+
+@dataclasses.dataclass
+class RunSummary:
+    run_id: str
+    executions: Dict[str, ExecutionInfo]
+    blessed: Optional[bool] = None
+    pushed: bool = False
+    pushed_model_path: str = ""
+    pushed_version: str = ""
+    eval_uri: str = ""
+    metrics: Dict[str, float] = dataclasses.field(default_factory=dict)
+    baseline_metrics: Dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def lines(self) -> List[str]:
+        """A short human-readable report."""
+        out = [f"run {self.run_id}:"]
+        for component_id, execution in self.executions.items():
+            out.append(f"  {component_id:<32} {execution.state:<9} {execution.seconds:8.1f} s")
+        if self.metrics:
+            shown = ", ".join(f"{k} {self.metrics[k]:.4f}" for k in HEADLINE_METRICS if k in self.metrics)
+            out.append(f"eval metrics ({self.eval_uri}): {shown}")
+        if self.baseline_metrics:
+            shown = ", ".join(f"{k} {self.baseline_metrics[k]:.4f}" for k in HEADLINE_METRICS
+                              if k in self.baseline_metrics)
+            out.append(f"baseline (latest blessed model): {shown}")
+        if self.blessed is not None:
+            out.append(f"blessed: {'yes' if self.blessed else 'no'}")
+        if self.pushed:
+            out.append(f"pushed model: {self.pushed_model_path} (version {self.pushed_version})")
+        else:
+            out.append("pushed model: none (not blessed, or the run stopped before the Pusher)")
+        return out
+
+
+def _properties(artifact: metadata_store_pb2.Artifact) -> Dict[str, Any]:
+    values: Dict[str, Any] = {}
+    for key, value in artifact.custom_properties.items():
+        kind = value.WhichOneof("value")
+        values[key] = getattr(value, kind) if kind in ("int_value", "double_value", "string_value") else None
+    return values
+
+
+def latest_run(config: PipelineConfig) -> Optional[RunSummary]:
+    """The executions of the latest run of the pipeline, by component id; None when it never ran."""
+    connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(config.resolved_metadata_path)
+    if not os.path.exists(config.resolved_metadata_path):
+        return None
+    with tfx_metadata.Metadata(connection) as m:
+        store = m.store
+        pipeline_context = store.get_context_by_type_and_name("pipeline", config.pipeline_name)
+        if pipeline_context is None:
+            return None
+        pipeline_execution_ids = {e.id for e in store.get_executions_by_context(pipeline_context.id)}
+        runs = [c for c in store.get_contexts_by_type("pipeline_run")
+                if any(e.id in pipeline_execution_ids for e in store.get_executions_by_context(c.id))]
+        if not runs:
+            return None
+        run = max(runs, key=lambda c: (c.create_time_since_epoch, c.id))
+        run_executions = {e.id: e for e in store.get_executions_by_context(run.id)}
+        executions: Dict[str, ExecutionInfo] = {}
+        for node in sorted(store.get_contexts_by_type("node"), key=lambda c: c.id):
+            prefix = f"{config.pipeline_name}."
+            if not node.name.startswith(prefix):
+                continue
+            component_id = node.name[len(prefix):]
+            mine = [e for e in store.get_executions_by_context(node.id) if e.id in run_executions]
+            if not mine:
+                continue
+            execution = max(mine, key=lambda e: e.id)
+            events = store.get_events_by_execution_ids([execution.id])
+            artifacts = {a.id: a for a in store.get_artifacts_by_id([ev.artifact_id for ev in events])}
+            types = {t.id: t.name for t in store.get_artifact_types_by_id(
+                list({a.type_id for a in artifacts.values()}))} if artifacts else {}
+            inputs: Dict[str, List[ArtifactInfo]] = {}
+            outputs: Dict[str, List[ArtifactInfo]] = {}
+            for event in events:
+                artifact = artifacts[event.artifact_id]
+                key = next((s.key for s in event.path.steps if s.HasField("key")), "")
+                info = ArtifactInfo(types.get(artifact.type_id, ""), artifact.uri, _properties(artifact))
+                target = outputs if event.type in _OUTPUT_EVENTS else inputs if event.type in _INPUT_EVENTS else None
+                if target is not None:
+                    target.setdefault(key, []).append(info)
+            executions[component_id] = ExecutionInfo(
+                component_id=component_id, state=_STATE_NAMES.get(execution.last_known_state, "UNKNOWN"),
+                start_ms=execution.create_time_since_epoch, end_ms=execution.last_update_time_since_epoch,
+                inputs=inputs, outputs=outputs)
+        return RunSummary(run_id=run.name, executions=executions)
+
+
+def _overall_metrics(eval_uri: str) -> Dict[str, Dict[str, float]]:
+    """The overall slice's metrics by model name ('' for a single model) from an Evaluator output."""
+    import tensorflow_model_analysis as tfma  # pylint: disable=g-import-not-at-top
+
+    by_model: Dict[str, Dict[str, float]] = {}
+    for metrics_for_slice in tfma.load_metrics(eval_uri):
+        if metrics_for_slice.slice_key.single_slice_keys:
+            continue
+        for kv in metrics_for_slice.metric_keys_and_values:
+            if kv.key.is_diff:
+                continue
+            if kv.value.HasField("double_value"):
+                by_model.setdefault(kv.key.model_name, {})[kv.key.name] = kv.value.double_value.value
+    return by_model
+
+
+def summarize_run(config: PipelineConfig) -> Optional[RunSummary]:
+    """The latest run with its blessing, pushed model and overall eval metrics filled in."""
+    summary = latest_run(config)
+    if summary is None:
+        return None
+    evaluator = summary.executions.get("Evaluator")
+    if evaluator is not None:
+        blessing = evaluator.outputs.get("blessing", [])
+        if blessing:
+            summary.blessed = bool(blessing[0].custom_properties.get("blessed", 0))
+        evaluation = evaluator.outputs.get("evaluation", [])
+        if evaluation and os.path.isdir(evaluation[0].uri) and os.listdir(evaluation[0].uri):
+            summary.eval_uri = evaluation[0].uri
+            by_model = _overall_metrics(summary.eval_uri)
+            summary.metrics = by_model.get("candidate", by_model.get("", {}))
+            summary.baseline_metrics = by_model.get("baseline", {})
+    pusher = summary.executions.get("Pusher")
+    if pusher is not None:
+        pushed = pusher.outputs.get("pushed_model", [])
+        if pushed and pushed[0].custom_properties.get("pushed", 0):
+            summary.pushed = True
+            summary.pushed_model_path = str(pushed[0].custom_properties.get("pushed_destination", ""))
+            summary.pushed_version = str(pushed[0].custom_properties.get("pushed_version", ""))
+    return summary

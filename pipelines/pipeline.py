@@ -1,0 +1,149 @@
+"""The one pipeline factory: :func:`create_pipeline` builds the TFX pipeline every runner executes.
+
+ImportExampleGen -> StatisticsGen -> SchemaGen (or ImportSchemaGen with a curated schema) -> ExampleValidator
+(-> AnomaliesGate) and AnnotationValidator -> Transform -> Trainer -> Resolver (latest blessed model) ->
+Evaluator -> [InfraValidator] -> Pusher.
+
+Both validators gate Transform (and so training): an error found by either stops the run before any
+training, with a report (TFDV's anomalies by feature, the AnnotationValidator's by record).
+"""
+from __future__ import annotations
+
+import os
+from typing import List, Optional
+
+import maskrcnn_tfx  # noqa: F401  (selects tf_keras before TensorFlow loads)
+from tfx import v1 as tfx
+from tfx.dsl.components.base import base_node
+
+from components.annotation_validator import AnnotationValidator
+from components.anomalies_gate import AnomaliesGate
+from maskrcnn_tfx.label_map import LabelMap
+from pipelines import eval_config as eval_config_lib
+from pipelines.config import PipelineConfig
+
+PREPROCESSING_FN = "trainer.preprocessing.preprocessing_fn"
+RUN_FN = "trainer.task.run_fn"
+RESOLVER_ID = "latest_blessed_model_resolver"
+SERVING_SIGNATURE = eval_config_lib.DEFAULT_SIGNATURE
+
+# Component ids in pipeline order (the TFX defaults, plus ours): used by outputs, tests and the benchmark.
+COMPONENT_IDS = ("ImportExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "AnomaliesGate",
+                 "AnnotationValidator", "Transform", "Trainer", RESOLVER_ID, "Evaluator", "InfraValidator",
+                 "Pusher")
+
+
+def _input_config(config: PipelineConfig) -> tfx.proto.Input:
+    data = config.data
+    if data.uses_hash_buckets:
+        return tfx.proto.Input(splits=[tfx.proto.Input.Split(name="single_split", pattern=data.pattern)])
+    return tfx.proto.Input(splits=[tfx.proto.Input.Split(name="train", pattern=data.train_pattern),
+                                   tfx.proto.Input.Split(name="eval", pattern=data.eval_pattern)])
+
+
+def _output_config(config: PipelineConfig) -> Optional[tfx.proto.Output]:
+    if not config.data.uses_hash_buckets:
+        return None
+    train, eval_ = config.data.hash_buckets
+    return tfx.proto.Output(split_config=tfx.proto.SplitConfig(splits=[
+        tfx.proto.SplitConfig.Split(name="train", hash_buckets=train),
+        tfx.proto.SplitConfig.Split(name="eval", hash_buckets=eval_)]))
+
+
+def _infra_validator(config: PipelineConfig, examples, model) -> Optional[tfx.components.InfraValidator]:
+    iv = config.infra_validation
+    if iv.mode == "off":
+        return None
+    serving = tfx.proto.TensorFlowServing(image_name=iv.serving_image, tags=list(iv.serving_tags))
+    if iv.mode == "docker":
+        serving_spec = tfx.proto.ServingSpec(tensorflow_serving=serving, local_docker=tfx.proto.LocalDockerConfig())
+    else:
+        serving_spec = tfx.proto.ServingSpec(tensorflow_serving=serving, kubernetes=tfx.proto.KubernetesConfig())
+    # A few real requests through the tf.Example signature: the model must load AND answer.
+    request_spec = tfx.proto.RequestSpec(
+        tensorflow_serving=tfx.proto.TensorFlowServingRequestSpec(signature_names=[SERVING_SIGNATURE]),
+        num_examples=iv.num_examples, split_name="eval")
+    return tfx.components.InfraValidator(model=model, examples=examples, serving_spec=serving_spec,
+                                         request_spec=request_spec)
+
+
+def create_pipeline(config: PipelineConfig, *, validated: bool = False) -> tfx.dsl.Pipeline:
+    """The TFX pipeline of ``config`` (validated here unless ``validated``), for any runner.
+
+    The metadata connection is SQLite under the pipeline root for the local and Beam runners; Kubeflow
+    provides its own.
+    """
+    if not validated:
+        config = config.validate(check_files=config.runner != "kubeflow")
+    label_map = LabelMap.load(config.label_map_path)
+
+    example_gen = tfx.components.ImportExampleGen(
+        input_base=config.data.root, input_config=_input_config(config), output_config=_output_config(config))
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    if config.data.schema_path:
+        schema_gen = tfx.components.ImportSchemaGen(schema_file=config.data.schema_path)
+    else:
+        # Per-instance features vary in length; a shape inferred from a few images would reject new data.
+        schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"],
+                                              infer_feature_shape=False)
+    example_validator = tfx.components.ExampleValidator(statistics=statistics_gen.outputs["statistics"],
+                                                        schema=schema_gen.outputs["schema"])
+    anomalies_gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"])
+    annotation_validator = AnnotationValidator(examples=example_gen.outputs["examples"],
+                                               label_map_path=config.label_map_path)
+
+    transform = tfx.components.Transform(examples=example_gen.outputs["examples"],
+                                         schema=schema_gen.outputs["schema"], preprocessing_fn=PREPROCESSING_FN)
+    # Both validators gate the first costly step: nothing is transformed or trained on data that failed.
+    transform.add_upstream_node(anomalies_gate)
+    transform.add_upstream_node(annotation_validator)
+
+    trainer = tfx.components.Trainer(
+        run_fn=RUN_FN,
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=schema_gen.outputs["schema"],
+        train_args=tfx.proto.TrainArgs(num_steps=config.trainer.train_steps) if config.trainer.train_steps else None,
+        eval_args=tfx.proto.EvalArgs(num_steps=config.trainer.eval_steps) if config.trainer.eval_steps else None,
+        custom_config=config.trainer_custom_config())
+
+    # The model to beat: the latest one the Evaluator blessed (none on the first run: no comparison then).
+    baseline_resolver = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing)).with_id(RESOLVER_ID)
+
+    ev = config.evaluation
+    eval_config = eval_config_lib.build_eval_config(
+        label_map, signature_name=SERVING_SIGNATURE, min_mask_ap=ev.min_mask_ap, min_box_ap=ev.min_box_ap,
+        max_ap_drop=ev.max_ap_drop, with_baseline=True, box_metric=ev.box_metric,
+        box_num_thresholds=ev.box_num_thresholds, max_detections=ev.max_detections)
+    # Raw examples: the model's tf.Example signature applies the Transform graph itself.
+    evaluator = tfx.components.Evaluator(
+        examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
+        baseline_model=baseline_resolver.outputs["model"], eval_config=eval_config,
+        module_path=eval_config_lib.EVALUATOR_MODULE_PATH)
+
+    infra_validator = _infra_validator(config, example_gen.outputs["examples"], trainer.outputs["model"])
+    pusher = tfx.components.Pusher(
+        model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
+        infra_blessing=infra_validator.outputs["blessing"] if infra_validator else None,
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.resolved_serving_dir)))
+
+    components: List[base_node.BaseNode] = [
+        example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate, annotation_validator,
+        transform, trainer, baseline_resolver, evaluator]
+    components += [infra_validator] if infra_validator else []
+    components.append(pusher)
+
+    metadata = None
+    if config.runner != "kubeflow":
+        metadata = tfx.orchestration.metadata.sqlite_metadata_connection_config(config.resolved_metadata_path)
+    return tfx.dsl.Pipeline(
+        pipeline_name=config.pipeline_name,
+        pipeline_root=config.pipeline_root,
+        components=components,
+        enable_cache=config.enable_cache,
+        metadata_connection_config=metadata,
+        beam_pipeline_args=config.resolved_beam_args)

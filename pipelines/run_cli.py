@@ -1,0 +1,121 @@
+"""``maskrcnn-tfx run``: runs the pipeline (local, Beam) or compiles it (Kubeflow), then says where outputs are.
+
+Examples::
+
+    maskrcnn-tfx run --data outputs/shapes/tfrecords --train-steps 200
+    maskrcnn-tfx run --config pipeline.yaml --runner beam --beam-arg=--direct_num_workers=4
+    maskrcnn-tfx run --config pipeline.yaml --runner kubeflow --image gcr.io/me/maskrcnn-tfx:0.1.0
+
+Flags override the YAML file's values; the merged configuration is validated once, before anything runs.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Dict
+
+from pipelines.config import RUNNERS, PipelineConfig, PipelineConfigError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="a pipeline configuration YAML file (see pipelines/config.py)")
+    parser.add_argument("--runner", choices=RUNNERS, help="local (default): run here; beam: BeamDagRunner; "
+                                                        "kubeflow: compile a KFP v2 / Vertex AI pipeline JSON")
+    parser.add_argument("--data", help="the converted data: TFRecords in train/ and eval/ and label_map.json")
+    parser.add_argument("--train-pattern", help="train split files, relative to --data (may hold {SPAN})")
+    parser.add_argument("--eval-pattern", help="eval split files, relative to --data (may hold {SPAN})")
+    parser.add_argument("--label-map", help="the label map (default: DATA/label_map.json)")
+    parser.add_argument("--schema", help="a curated schema.pbtxt (ImportSchemaGen instead of SchemaGen)")
+    parser.add_argument("--pipeline-name", help="the pipeline's name in the metadata store")
+    parser.add_argument("--pipeline-root", help="where the artifacts go (default: outputs/pipeline)")
+    parser.add_argument("--metadata-path", help="the SQLite metadata file (default: PIPELINE_ROOT/metadata.sqlite)")
+    parser.add_argument("--serving-dir", help="where blessed models are pushed, as <version>/ folders "
+                                             "(default: PIPELINE_ROOT/serving)")
+    parser.add_argument("--preset", help="the trainer preset (tiny, coco_r50fpn) or a preset YAML file")
+    parser.add_argument("--train-steps", type=int, help="training steps (default: the preset's)")
+    parser.add_argument("--eval-steps", type=int, help="evaluation steps of the Trainer (-1: whole eval split)")
+    parser.add_argument("--min-mask-ap", type=float, help="bless only with at least this mask AP")
+    parser.add_argument("--min-box-ap", type=float, help="bless only with at least this box AP")
+    parser.add_argument("--max-ap-drop", type=float, help="bless only if AP is at most this below the last "
+                                                          "blessed model's")
+    parser.add_argument("--box-metric", choices=("tfma", "pycocotools"),
+                        help="box AP implementation: TFMA's COCOMeanAveragePrecision or pycocotools")
+    parser.add_argument("--box-num-thresholds", type=int, help="score thresholds of TFMA's box AP (cost)")
+    parser.add_argument("--infra-validation", choices=("off", "docker", "kubernetes"),
+                        help="check the model loads in TF Serving before pushing (default: off)")
+    parser.add_argument("--beam-arg", action="append", dest="beam_args", metavar="ARG",
+                        help="a Beam pipeline option, repeatable (e.g. --beam-arg=--runner=FlinkRunner)")
+    parser.add_argument("--image", help="kubeflow: the container image of every component")
+    parser.add_argument("--output-file", help="kubeflow: where to write the pipeline JSON")
+    parser.add_argument("--no-cache", action="store_true", help="run every component even if cached")
+
+
+def config_from_args(args: argparse.Namespace) -> PipelineConfig:
+    """The configuration file (if any) with the flags given applied on top, validated."""
+    config = PipelineConfig.from_yaml(args.config) if args.config else PipelineConfig()
+    changes: Dict[str, Any] = {}
+
+    def put(section: str, key: str, value: Any) -> None:
+        if value is not None:
+            (changes.setdefault(section, {}) if section else changes)[key] = value
+
+    put("", "runner", args.runner)
+    put("", "pipeline_name", args.pipeline_name)
+    put("", "pipeline_root", args.pipeline_root)
+    put("", "metadata_path", args.metadata_path)
+    put("", "serving_dir", args.serving_dir)
+    put("", "beam_args", args.beam_args)
+    if args.no_cache:
+        put("", "enable_cache", False)
+    put("data", "root", args.data)
+    put("data", "train_pattern", args.train_pattern)
+    put("data", "eval_pattern", args.eval_pattern)
+    put("data", "label_map_path", args.label_map)
+    put("data", "schema_path", args.schema)
+    put("trainer", "preset", args.preset)
+    put("trainer", "train_steps", args.train_steps)
+    put("trainer", "eval_steps", args.eval_steps)
+    put("evaluation", "min_mask_ap", args.min_mask_ap)
+    put("evaluation", "min_box_ap", args.min_box_ap)
+    put("evaluation", "max_ap_drop", args.max_ap_drop)
+    put("evaluation", "box_metric", args.box_metric)
+    put("evaluation", "box_num_thresholds", args.box_num_thresholds)
+    put("infra_validation", "mode", args.infra_validation)
+    put("kubeflow", "image", args.image)
+    put("kubeflow", "output_file", args.output_file)
+    config = config.replace(**changes)
+    return config.validate(check_files=config.runner != "kubeflow")
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        config = config_from_args(args)
+    except PipelineConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if config.runner == "kubeflow":
+        from pipelines import kubeflow_runner  # pylint: disable=g-import-not-at-top
+
+        path = kubeflow_runner.compile_pipeline(config)
+        print(f"Kubeflow V2 pipeline JSON: {path} (image {config.kubeflow.image})")
+        return 0
+
+    from pipelines import outputs  # pylint: disable=g-import-not-at-top
+    if config.runner == "beam":
+        from pipelines import beam_runner as runner  # pylint: disable=g-import-not-at-top
+    else:
+        from pipelines import local_runner as runner  # pylint: disable=g-import-not-at-top
+    failure = None
+    try:
+        runner.run(config)
+    except Exception as e:  # pylint: disable=broad-except
+        # The components' own errors (validation reports, thresholds) are the message a user needs.
+        failure = e
+    summary = outputs.summarize_run(config)
+    if summary is not None:
+        print("\n".join(summary.lines()))
+    print(f"pipeline root: {config.pipeline_root}\nmetadata: {config.resolved_metadata_path}")
+    if failure is not None:
+        print(f"error: the pipeline stopped: {failure}", file=sys.stderr)
+        return 1
+    return 0

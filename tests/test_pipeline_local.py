@@ -1,0 +1,255 @@
+"""The whole pipeline on LocalDagRunner, on a small shapes set, through ``maskrcnn-tfx run`` and the factory.
+
+One module-scoped sequence of runs on one pipeline root (each run costs minutes, so tests share them):
+
+1. span 1, thresholds 0: every component runs, the model is blessed and pushed to ``serving/<integer>/``;
+2. the same data and trainer with a mask AP threshold of 1.0: the data, validation, Transform and Trainer
+   executions are CACHED; the Evaluator runs again, does not bless, and nothing new is pushed;
+3. span 2 added: the pipeline runs on it and the Evaluator compares with the last blessed model (baseline).
+
+Separately: a bad record among good ones stops the run at validation, naming the record, and pushes nothing;
+a curated schema the data breaks stops it at the ExampleValidator's gate.
+"""
+import dataclasses
+import glob
+import os
+import shutil
+from typing import Dict, List
+
+import pytest
+
+import maskrcnn_tfx  # noqa: F401
+
+pytestmark = pytest.mark.slow
+
+IMAGE_SIZE = 128
+NUM_IMAGES = 40  # 32 train + 8 eval
+TRAIN_STEPS = 3
+PIPELINE_NAME = "maskrcnn-local-test"
+# In-process Beam: worker processes cost ~40 s to start per Beam step.
+BEAM_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+CACHED_COMPONENTS = ("ImportExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "AnomaliesGate",
+                     "AnnotationValidator", "Transform", "Trainer")
+
+
+def make_span(data_root: str, span: int, seed: int) -> str:
+    """Shapes images converted to ``<data_root>/span-<span>/{train,eval}/`` and its label map."""
+    from maskrcnn_tfx.data.convert import convert_coco  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.data.shapes import generate_shapes  # pylint: disable=g-import-not-at-top
+
+    raw = os.path.join(data_root, f"raw-{span}")
+    annotations = generate_shapes(raw, num_images=NUM_IMAGES, image_size=IMAGE_SIZE, seed=seed)
+    output = os.path.join(data_root, "spans", f"span-{span}")
+    convert_coco(annotations, os.path.join(raw, "coco", "images"), output, eval_fraction=0.2, progress=False,
+                 seed=seed)
+    return output
+
+
+def base_config(data_root: str, root: str, **evaluation):
+    from pipelines.config import PipelineConfig  # pylint: disable=g-import-not-at-top
+
+    return PipelineConfig.from_dict({
+        "pipeline_name": PIPELINE_NAME,
+        "pipeline_root": os.path.join(root, "pipeline_root"),
+        "serving_dir": os.path.join(root, "serving"),
+        "beam_args": BEAM_ARGS,
+        "data": {"root": data_root, "train_pattern": "span-{SPAN}/train/*", "eval_pattern": "span-{SPAN}/eval/*",
+                 "label_map_path": os.path.join(data_root, "span-1", "label_map.json")},
+        "trainer": {"preset": "tiny", "train_steps": TRAIN_STEPS, "eval_steps": 1,
+                    "overrides": {"train": {"batch_size": 2, "eval_batch_size": 2}}},
+        # max_ap_drop 1: a 3-step model may score below the last one; the test is about the wiring.
+        "evaluation": dict({"min_mask_ap": 0.0, "min_box_ap": 0.0, "max_ap_drop": 1.0,
+                            "box_num_thresholds": 100}, **evaluation),
+    })
+
+
+def versions(serving_dir: str) -> List[str]:
+    return sorted(v for v in os.listdir(serving_dir) if v.isdigit()) if os.path.isdir(serving_dir) else []
+
+
+@dataclasses.dataclass
+class Run:
+    summary: object
+    versions: List[str]
+    stdout: str = ""
+    exit_code: int = 0
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Dict[str, Run]:
+    """The three runs of the module docstring (the first through the command line, as a user runs it)."""
+    import contextlib  # pylint: disable=g-import-not-at-top
+    import io  # pylint: disable=g-import-not-at-top
+
+    import yaml  # pylint: disable=g-import-not-at-top
+
+    from maskrcnn_tfx import cli  # pylint: disable=g-import-not-at-top
+    from pipelines import local_runner, outputs  # pylint: disable=g-import-not-at-top
+
+    work = str(tmp_path_factory.mktemp("pipeline"))
+    data_root = os.path.join(work, "spans")
+    make_span(work, 1, seed=1)
+    config = base_config(data_root, work)
+    serving_dir = config.validate().resolved_serving_dir
+    results: Dict[str, Run] = {}
+
+    config_file = os.path.join(work, "pipeline.yaml")
+    with open(config_file, "w", encoding="utf-8") as f:
+        yaml.safe_dump(config.to_dict(), f)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        # The first run has no baseline: TFMA's own box AP works there (see pipelines/config.py box_metric).
+        code = cli.main(["run", "--config", config_file, "--box-metric", "tfma"])
+    results["first"] = Run(outputs.summarize_run(config.validate()), versions(serving_dir), out.getvalue(), code)
+
+    # Same data and trainer, an unreachable mask AP: upstream is cached, the Evaluator runs and does not bless.
+    strict = config.replace(evaluation={"min_mask_ap": 1.0})
+    local_runner.run(strict)
+    results["strict"] = Run(outputs.summarize_run(strict.validate()), versions(serving_dir))
+
+    # A new span: trained on span 2 and compared with the last blessed model (the first run's).
+    make_span(work, 2, seed=2)
+    local_runner.run(config)
+    results["span2"] = Run(outputs.summarize_run(config.validate()), versions(serving_dir))
+    return results
+
+
+def test_first_run_blesses_and_pushes_an_integer_version(runs):
+    first = runs["first"]
+    assert first.exit_code == 0, first.stdout
+    summary = first.summary
+    assert all(e.state == "COMPLETE" for e in summary.executions.values()), summary.lines()
+    assert set(summary.executions) >= {"ImportExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator",
+                                       "AnomaliesGate", "AnnotationValidator", "Transform", "Trainer",
+                                       "Evaluator", "Pusher"}
+    assert summary.blessed is True
+    assert len(first.versions) == 1
+    version = first.versions[0]
+    assert summary.pushed and summary.pushed_version == version
+    assert os.path.basename(summary.pushed_model_path.rstrip("/")) == version
+    assert os.path.isfile(os.path.join(summary.pushed_model_path, "saved_model.pb"))
+    assert 0.0 <= summary.metrics["mask_ap"] <= 1.0 and 0.0 <= summary.metrics["box_ap"] <= 1.0
+    # The command's report names the pushed model, its version, the metrics and the blessing.
+    assert summary.pushed_model_path in first.stdout and f"version {version}" in first.stdout
+    assert "mask_ap" in first.stdout and "box_ap" in first.stdout and "blessed: yes" in first.stdout
+
+
+def test_rerun_reuses_the_cache(runs):
+    executions = runs["strict"].summary.executions
+    for component_id in CACHED_COMPONENTS:
+        assert executions[component_id].state == "CACHED", (component_id, executions[component_id].state)
+    first_model = runs["first"].summary.executions["Trainer"].outputs["model"][0].uri
+    assert executions["Trainer"].outputs["model"][0].uri == first_model
+
+
+def test_too_high_threshold_is_not_blessed_nor_pushed(runs):
+    strict = runs["strict"]
+    assert strict.summary.executions["Evaluator"].state == "COMPLETE"
+    assert strict.summary.blessed is False
+    assert not strict.summary.pushed
+    assert strict.versions == runs["first"].versions
+
+
+def test_new_span_is_evaluated_against_the_last_blessed_model(runs):
+    span2 = runs["span2"].summary
+    example_gen = span2.executions["ImportExampleGen"]
+    assert example_gen.state == "COMPLETE"
+    assert example_gen.outputs["examples"][0].custom_properties.get("span") == 2
+    assert span2.executions["Trainer"].state == "COMPLETE"
+    baseline = span2.executions["Evaluator"].inputs.get("baseline_model", [])
+    # The baseline is the model the first run blessed (the strict run's was not blessed).
+    assert [b.uri for b in baseline] == [runs["first"].summary.executions["Trainer"].outputs["model"][0].uri]
+    assert "mask_ap" in span2.baseline_metrics and "box_ap" in span2.baseline_metrics
+    assert span2.blessed is True and span2.pushed
+    assert len(runs["span2"].versions) == 2
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Validation stops the run before training
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory) -> str:
+    from maskrcnn_tfx.data.convert import convert_coco  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.data.shapes import generate_shapes  # pylint: disable=g-import-not-at-top
+
+    root = str(tmp_path_factory.mktemp("small"))
+    annotations = generate_shapes(root, num_images=10, image_size=64, seed=5)
+    output = os.path.join(root, "tfrecords")
+    convert_coco(annotations, os.path.join(root, "coco", "images"), output, eval_fraction=0.3, progress=False)
+    return output
+
+
+def _bad_record(data_dir: str) -> tuple:
+    """A clean record whose first box is moved outside its image; (serialized, source_id, filename)."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+    from maskrcnn_tfx import example_format as ef  # pylint: disable=g-import-not-at-top
+
+    (path,) = glob.glob(os.path.join(data_dir, "train", "*.tfrecord-*"))
+    record = next(tf.data.TFRecordDataset(path).as_numpy_iterator())
+    example = ef.from_tf_example(record)
+    boxes = example.boxes.copy()
+    boxes[0, 3] = 1.5  # xmax beyond the right edge
+    bad = dataclasses.replace(example, boxes=boxes, source_id=9999, filename="broken.png")
+    return ef.to_tf_example(bad).SerializeToString(), 9999, "broken.png"
+
+
+def _assert_stopped_before_training(config) -> None:
+    from pipelines import outputs  # pylint: disable=g-import-not-at-top
+
+    summary = outputs.latest_run(config.validate())
+    for component_id in ("Transform", "Trainer", "Evaluator", "Pusher"):
+        assert component_id not in summary.executions, summary.executions.keys()
+    assert versions(config.validate().resolved_serving_dir) == []
+
+
+def test_bad_record_stops_at_validation_and_is_named(tmp_path, small_data):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+    from components import annotation_validator as av  # pylint: disable=g-import-not-at-top
+    from pipelines import local_runner  # pylint: disable=g-import-not-at-top
+    from pipelines.config import PipelineConfig  # pylint: disable=g-import-not-at-top
+
+    data = str(tmp_path / "data")
+    shutil.copytree(small_data, data)
+    record, source_id, filename = _bad_record(data)
+    with tf.io.TFRecordWriter(os.path.join(data, "train", "train.tfrecord-extra")) as writer:
+        writer.write(record)
+    config = PipelineConfig.from_dict({"pipeline_root": str(tmp_path / "root"), "beam_args": BEAM_ARGS,
+                                       "data": {"root": data}, "trainer": {"train_steps": 1}})
+    with pytest.raises(av.AnnotationValidationError) as info:
+        local_runner.run(config)
+    message = str(info.value)
+    assert f"source_id {source_id} ({filename})" in message and "box_outside_image" in message
+    (kept,) = glob.glob(str(tmp_path / "root" / "AnnotationValidator" / "anomalies" / f"*{av.FAILED_SUFFIX}"))
+    report = av.load_report(kept, "train")
+    assert report["examples_with_errors"] == 1
+    assert any(r["source_id"] == str(source_id) for r in report["records"])
+    _assert_stopped_before_training(config)
+
+
+def test_schema_anomaly_stops_at_the_gate(tmp_path, small_data):
+    from tensorflow_metadata.proto.v0 import schema_pb2  # pylint: disable=g-import-not-at-top
+    from google.protobuf import text_format  # pylint: disable=g-import-not-at-top
+
+    from components.anomalies_gate import SchemaAnomaliesError  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx import example_format as ef  # pylint: disable=g-import-not-at-top
+    from pipelines import local_runner  # pylint: disable=g-import-not-at-top
+    from pipelines.config import PipelineConfig  # pylint: disable=g-import-not-at-top
+    from trainer.preprocessing import raw_schema  # pylint: disable=g-import-not-at-top
+
+    # A curated schema that allows only JPEG images: the PNG shapes break it.
+    schema: schema_pb2.Schema = raw_schema()
+    feature = next(f for f in schema.feature if f.name == ef.FORMAT)
+    feature.string_domain.name = "image_format"
+    feature.string_domain.value.append("jpeg")
+    schema_path = str(tmp_path / "schema.pbtxt")
+    with open(schema_path, "w", encoding="utf-8") as f:
+        f.write(text_format.MessageToString(schema))
+    config = PipelineConfig.from_dict({"pipeline_root": str(tmp_path / "root"), "beam_args": BEAM_ARGS,
+                                       "data": {"root": small_data, "schema_path": schema_path},
+                                       "trainer": {"train_steps": 1}})
+    with pytest.raises(SchemaAnomaliesError, match=ef.FORMAT):
+        local_runner.run(config)
+    _assert_stopped_before_training(config)

@@ -1,0 +1,161 @@
+"""Training through the TFX Trainer entry point (run_fn) on a small shapes set, in this process.
+
+One short run (4 steps of the tiny preset, batch 2, evaluation at the end, export) is shared by the tests;
+the warm-start tests then load its outputs.
+"""
+import math
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+import _trainer_helpers as helpers
+import maskrcnn_tfx  # noqa: F401  (selects tf_keras before TensorFlow loads)
+import tensorflow as tf
+from maskrcnn_tfx.label_map import LabelMap
+from trainer import config as config_lib
+from trainer import model as model_lib
+from trainer import task as task_lib
+from trainer import train as train_lib
+
+pytestmark = pytest.mark.slow
+
+TRAIN_STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return helpers.shapes_data(str(tmp_path_factory.getbasetemp() / "trainer_data"))
+
+
+@pytest.fixture(scope="module")
+def run(data, tmp_path_factory):
+    """run_fn with FnArgs as the TFX Trainer executor builds them (no Transform: plain converter records)."""
+    from tfx.components.trainer.fn_args_utils import FnArgs  # pylint: disable=g-import-not-at-top
+
+    root = tmp_path_factory.mktemp("tfx_trainer")
+    fn_args = FnArgs(
+        train_files=[data.train], eval_files=[data.eval],
+        # The whole eval split (4 images, 2 batches), once at the end.
+        custom_config=helpers.quick_overrides(data, train_steps=1000, eval_steps=-1),
+        transform_output=None, train_steps=TRAIN_STEPS, eval_steps=None,
+        model_run_dir=str(root / "model_run"), serving_model_dir=str(root / "serving"), base_model=None)
+    task_lib.run_fn(fn_args)
+    return fn_args
+
+
+def test_checkpoints_every_interval_and_run_records(run):
+    assert helpers.checkpoint_steps(run.model_run_dir) == [2, 4]  # TFX's train_steps overrides the config's.
+    assert train_lib.latest_step(run.model_run_dir) == TRAIN_STEPS
+    saved = config_lib.load_config(os.path.join(run.model_run_dir, train_lib.CONFIG_FILE))
+    assert saved.train.train_steps == TRAIN_STEPS and saved.model.backbone == "resnet18"
+    assert os.path.exists(os.path.join(run.model_run_dir, "params.yaml"))  # Model Garden's experiment.
+
+
+def test_tensorboard_has_every_loss_the_learning_rate_and_eval_metrics(run):
+    train = helpers.read_scalars(os.path.join(run.model_run_dir, "train"))
+    for tag in helpers.TRAIN_TAGS:
+        assert tag in train, f"missing train summary {tag!r} (have {sorted(train)})"
+        assert [step for step, _ in train[tag]] == [2, 4]
+        assert all(math.isfinite(value) for _, value in train[tag]), (tag, train[tag])
+    assert all(value > 0 for _, value in train["total_loss"])
+    # The schedule as configured: a warm-up of 2 steps to the base rate, then a cosine decay that reaches
+    # base * alpha at the last step.
+    schedule = config_lib.load_config(overrides=run.custom_config).train.learning_rate
+    assert schedule.schedule == "cosine" and schedule.warmup_steps == 2
+    learning_rate = dict(train["learning_rate"])
+    assert learning_rate[2] == pytest.approx(schedule.base)
+    assert learning_rate[4] == pytest.approx(schedule.base * schedule.cosine_alpha)
+
+    validation = helpers.read_scalars(os.path.join(run.model_run_dir, "validation"))
+    for tag in helpers.EVAL_TAGS:
+        assert tag in validation, f"missing eval summary {tag!r} (have {sorted(validation)})"
+        assert [step for step, _ in validation[tag]] == [TRAIN_STEPS]
+        assert -1.0 <= validation[tag][0][1] <= 1.0
+
+
+def test_serving_model_is_exported(run):
+    assert os.path.exists(os.path.join(run.serving_model_dir, "saved_model.pb"))
+    assert os.path.exists(os.path.join(run.serving_model_dir, "variables", "variables.index"))
+
+
+@pytest.fixture(scope="module")
+def fresh_model(run, data):
+    config = config_lib.load_config(overrides=run.custom_config)
+    return model_lib.build_model(config_lib.to_experiment_config(config, LabelMap.load(data.label_map)))
+
+
+def _weights(model):
+    return {name: variable.numpy().copy() for name, variable in model_lib.model_parts_variables(model)}
+
+
+def test_restore_weights_finds_the_model_in_saved_models_and_checkpoints(run, fresh_model):
+    initial = _weights(fresh_model)
+    model_lib.restore_weights(fresh_model, run.serving_model_dir)
+    from_serving = _weights(fresh_model)
+    changed = [name for name in initial if not np.array_equal(initial[name], from_serving[name])]
+    assert len(changed) > 0.9 * len(initial)  # Random initialization replaced (a few zero biases may match).
+    model_lib.restore_weights(fresh_model, run.model_run_dir)  # The latest checkpoint: the same step-4 model.
+    from_checkpoint = _weights(fresh_model)
+    for name in initial:
+        np.testing.assert_array_equal(from_checkpoint[name], from_serving[name], err_msg=name)
+
+
+def test_restore_weights_rejects_what_does_not_fit(run, data, fresh_model, tmp_path):
+    module = tf.Module()
+    module.dense = tf.Variable(tf.zeros([3, 3]))
+    tf.train.Checkpoint(other=module).write(str(tmp_path / "other"))
+    with pytest.raises(model_lib.WeightsError, match="holds no Mask R-CNN"):
+        model_lib.restore_weights(fresh_model, str(tmp_path / "other"))
+    with pytest.raises(model_lib.WeightsError, match="neither a SavedModel nor a checkpoint"):
+        model_lib.restore_weights(fresh_model, str(tmp_path))
+    # A label map with more classes: the class and box heads have other shapes.
+    config = config_lib.load_config(overrides=run.custom_config)
+    more_classes = LabelMap.from_pairs([(i, f"c{i}") for i in range(1, 6)])
+    other = model_lib.build_model(config_lib.to_experiment_config(config, more_classes))
+    with pytest.raises(model_lib.WeightsError, match="do not fit this model"):
+        model_lib.restore_weights(other, run.serving_model_dir)
+
+
+def _start_without_training(monkeypatch, data, model_dir, base_model):
+    """train() up to the point where orbit restores model_dir's checkpoint or initializes the model (warm start
+    included), without running the training loop: what a run starts from."""
+    from official.core import train_lib as mg_train_lib  # pylint: disable=g-import-not-at-top
+
+    monkeypatch.setattr(mg_train_lib.OrbitExperimentRunner, "run", lambda runner: (runner.trainer.model, {}))
+    return train_lib.train(helpers.quick_overrides(data), data.train, None, model_dir, base_model=base_model)
+
+
+def _trainable(model):
+    return {name: v.numpy() for name, v in model_lib.model_parts_variables(model) if v.trainable}
+
+
+def _assert_same(actual, expected):
+    assert actual.keys() == expected.keys()
+    for name in expected:
+        np.testing.assert_array_equal(actual[name], expected[name], err_msg=name)
+
+
+def test_fresh_run_warm_starts_from_the_base_model(run, data, fresh_model, monkeypatch, tmp_path):
+    """TFX's base_model (the previous serving model) initializes a run whose model dir is empty."""
+    result = _start_without_training(monkeypatch, data, str(tmp_path / "fresh"), run.serving_model_dir)
+    model_lib.restore_weights(fresh_model, run.serving_model_dir)
+    _assert_same(_trainable(result.model), _trainable(fresh_model))
+
+
+def test_resuming_run_ignores_the_base_model(run, data, fresh_model, monkeypatch, tmp_path):
+    """A run with a checkpoint of its own continues from it; the base model is only for fresh runs."""
+    model_dir = tmp_path / "resumed"
+    model_dir.mkdir()
+    for name in os.listdir(run.model_run_dir):
+        if name.startswith("ckpt-2."):
+            shutil.copy(os.path.join(run.model_run_dir, name), model_dir / name)
+    (model_dir / "checkpoint").write_text('model_checkpoint_path: "ckpt-2"\n')
+    result = _start_without_training(monkeypatch, data, str(model_dir), run.serving_model_dir)
+    assert result.global_step == 2
+    model_lib.restore_weights(fresh_model, str(model_dir / "ckpt-2"))
+    at_step_2 = _trainable(fresh_model)
+    _assert_same(_trainable(result.model), at_step_2)
+    model_lib.restore_weights(fresh_model, run.serving_model_dir)
+    assert any(not np.array_equal(at_step_2[k], v) for k, v in _trainable(fresh_model).items())
