@@ -45,7 +45,8 @@ def parse_args(argv=None):
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--lr", type=float, default=0.02, help="peak learning rate (cosine decay after warm-up)")
+    p.add_argument("--lr", type=float, default=1e-3,
+                   help="peak learning rate (cosine decay after warm-up); the tiny preset uses Adam at 1e-3")
     p.add_argument("--warmup-steps", type=int, default=100)
     p.add_argument("--first-chunk", type=int, default=200, help="steps of the first chunk (measures speed)")
     p.add_argument("--evals", type=int, default=5, help="evaluation points after the first chunk")

@@ -233,7 +233,8 @@ def test_optimizers_are_built_by_model_garden(optimizer, expected_class):
     assert type(built).__name__ == expected_class
     # Weight decay: L2 regularization of the weights, or AdamW's own decoupled decay.
     if optimizer == "adamw":
-        assert exp.task.losses.l2_weight_decay == 0.0 and exp.trainer.optimizer_config.optimizer.adamw.weight_decay_rate == 0.01
+        assert exp.task.losses.l2_weight_decay == 0.0
+        assert exp.trainer.optimizer_config.optimizer.adamw.weight_decay_rate == 0.01
     else:
         assert exp.task.losses.l2_weight_decay == 0.01
 
