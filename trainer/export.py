@@ -55,15 +55,10 @@ from trainer.config import TrainerConfig, to_experiment_config
 if TYPE_CHECKING:
     import tensorflow_transform as tft
 
-SERVING_SIGNATURE = "serving_default"
-TF_EXAMPLE_SIGNATURE = "serving_tf_example"
-IMAGES_INPUT = "images"
-EXAMPLES_INPUT = "examples"
-OUTPUT_KEYS = ("detection_boxes", "detection_classes", "detection_scores", "num_detections", "detection_masks",
-               "image_size")
-
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
-LABEL_MAP_ASSET = os.path.join("assets", label_map_lib.FILE_NAME)
+# The signature's names live in a TensorFlow-free module, so clients can import them alone.
+from maskrcnn_tfx.signature import (EXAMPLES_INPUT, IMAGES_INPUT, LABEL_MAP_ASSET,  # noqa: E402,F401
+                                    NOT_AN_IMAGE_MESSAGE, OUTPUT_KEYS, SERVING_SIGNATURE, TF_EXAMPLE_SIGNATURE,
+                                    WARMUP_FILE)
 
 # Serving precisions: float32 (the default) or bfloat16 compute for the heavy layers (see _BFLOAT16_FLOAT32_PARTS).
 PRECISIONS = ("float32", "bfloat16")
@@ -81,7 +76,6 @@ _BFLOAT16_FLOAT32_PARTS = ("roi_generator", "detection_generator", "roi_aligner"
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-NOT_AN_IMAGE_MESSAGE = "is not a decodable JPEG or PNG image"
 
 
 def experiment_config_of(config: Union[TrainerConfig, cfg.ExperimentConfig],

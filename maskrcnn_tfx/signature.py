@@ -1,0 +1,27 @@
+"""The served signature's names (contract 4 of the architecture), without TensorFlow.
+
+The exporter (``trainer/export.py``) builds the SavedModel with these names; the client, the local server and
+the ``predict`` command speak to it with them. Keeping them here lets a client import them without loading
+TensorFlow.
+"""
+from __future__ import annotations
+
+import os
+
+from maskrcnn_tfx import label_map as label_map_lib
+
+# The image-bytes signature (what clients call) and the tf.Example one (what TFMA calls).
+SERVING_SIGNATURE = "serving_default"
+TF_EXAMPLE_SIGNATURE = "serving_tf_example"
+IMAGES_INPUT = "images"
+EXAMPLES_INPUT = "examples"
+OUTPUT_KEYS = ("detection_boxes", "detection_classes", "detection_scores", "num_detections", "detection_masks",
+               "image_size")
+
+# Files inside a SavedModel folder.
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+LABEL_MAP_ASSET = os.path.join("assets", label_map_lib.FILE_NAME)
+SAVED_MODEL_FILE = "saved_model.pb"
+
+# Part of the error the model raises for bytes that are neither JPEG nor PNG.
+NOT_AN_IMAGE_MESSAGE = "is not a decodable JPEG or PNG image"
