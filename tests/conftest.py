@@ -4,6 +4,7 @@ import os
 import pytest
 
 import maskrcnn_tfx  # noqa: F401
+from _pipeline_runs import local_pipeline  # noqa: F401  (session fixture: the local pipeline's runs)
 
 COCO128_ENV = "MASKRCNN_TFX_COCO128"
 

@@ -1,6 +1,6 @@
 """The whole pipeline on LocalDagRunner, on a small shapes set, through ``maskrcnn-tfx run`` and the factory.
 
-One module-scoped sequence of runs on one pipeline root (each run costs minutes, so tests share them):
+The session's sequence of runs on one pipeline root (tests/_pipeline_runs.py, the ``local_pipeline`` fixture):
 
 1. span 1, thresholds 0: every component runs, the model is blessed and pushed to ``serving/<integer>/``;
 2. the same data and trainer with a mask AP threshold of 1.0: the data, validation, Transform and Trainer
@@ -14,104 +14,23 @@ import dataclasses
 import glob
 import os
 import shutil
-from typing import Dict, List
+from typing import Dict
 
 import pytest
 
 import maskrcnn_tfx  # noqa: F401
+import _pipeline_runs
+from _pipeline_runs import BEAM_ARGS, versions
 
 pytestmark = pytest.mark.slow
 
-IMAGE_SIZE = 128
-NUM_IMAGES = 40  # 32 train + 8 eval
-TRAIN_STEPS = 3
-PIPELINE_NAME = "maskrcnn-local-test"
-# In-process Beam: worker processes cost ~40 s to start per Beam step.
-BEAM_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 CACHED_COMPONENTS = ("ImportExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "AnomaliesGate",
                      "AnnotationValidator", "Transform", "Trainer")
 
 
-def make_span(data_root: str, span: int, seed: int) -> str:
-    """Shapes images converted to ``<data_root>/span-<span>/{train,eval}/`` and its label map."""
-    from maskrcnn_tfx.data.convert import convert_coco  # pylint: disable=g-import-not-at-top
-    from maskrcnn_tfx.data.shapes import generate_shapes  # pylint: disable=g-import-not-at-top
-
-    raw = os.path.join(data_root, f"raw-{span}")
-    annotations = generate_shapes(raw, num_images=NUM_IMAGES, image_size=IMAGE_SIZE, seed=seed)
-    output = os.path.join(data_root, "spans", f"span-{span}")
-    convert_coco(annotations, os.path.join(raw, "coco", "images"), output, eval_fraction=0.2, progress=False,
-                 seed=seed)
-    return output
-
-
-def base_config(data_root: str, root: str, **evaluation):
-    from pipelines.config import PipelineConfig  # pylint: disable=g-import-not-at-top
-
-    return PipelineConfig.from_dict({
-        "pipeline_name": PIPELINE_NAME,
-        "pipeline_root": os.path.join(root, "pipeline_root"),
-        "serving_dir": os.path.join(root, "serving"),
-        "beam_args": BEAM_ARGS,
-        "data": {"root": data_root, "train_pattern": "span-{SPAN}/train/*", "eval_pattern": "span-{SPAN}/eval/*",
-                 "label_map_path": os.path.join(data_root, "span-1", "label_map.json")},
-        "trainer": {"preset": "tiny", "train_steps": TRAIN_STEPS, "eval_steps": 1,
-                    "overrides": {"train": {"batch_size": 2, "eval_batch_size": 2}}},
-        # max_ap_drop 1: a 3-step model may score below the last one; the test is about the wiring.
-        "evaluation": dict({"min_mask_ap": 0.0, "min_box_ap": 0.0, "max_ap_drop": 1.0,
-                            "box_num_thresholds": 100}, **evaluation),
-    })
-
-
-def versions(serving_dir: str) -> List[str]:
-    return sorted(v for v in os.listdir(serving_dir) if v.isdigit()) if os.path.isdir(serving_dir) else []
-
-
-@dataclasses.dataclass
-class Run:
-    summary: object
-    versions: List[str]
-    stdout: str = ""
-    exit_code: int = 0
-
-
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> Dict[str, Run]:
-    """The three runs of the module docstring (the first through the command line, as a user runs it)."""
-    import contextlib  # pylint: disable=g-import-not-at-top
-    import io  # pylint: disable=g-import-not-at-top
-
-    import yaml  # pylint: disable=g-import-not-at-top
-
-    from maskrcnn_tfx import cli  # pylint: disable=g-import-not-at-top
-    from pipelines import local_runner, outputs  # pylint: disable=g-import-not-at-top
-
-    work = str(tmp_path_factory.mktemp("pipeline"))
-    data_root = os.path.join(work, "spans")
-    make_span(work, 1, seed=1)
-    config = base_config(data_root, work)
-    serving_dir = config.validate().resolved_serving_dir
-    results: Dict[str, Run] = {}
-
-    config_file = os.path.join(work, "pipeline.yaml")
-    with open(config_file, "w", encoding="utf-8") as f:
-        yaml.safe_dump(config.to_dict(), f)
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        # The first run has no baseline: TFMA's own box AP works there (see pipelines/config.py box_metric).
-        code = cli.main(["run", "--config", config_file, "--box-metric", "tfma"])
-    results["first"] = Run(outputs.summarize_run(config.validate()), versions(serving_dir), out.getvalue(), code)
-
-    # Same data and trainer, an unreachable mask AP: upstream is cached, the Evaluator runs and does not bless.
-    strict = config.replace(evaluation={"min_mask_ap": 1.0})
-    local_runner.run(strict)
-    results["strict"] = Run(outputs.summarize_run(strict.validate()), versions(serving_dir))
-
-    # A new span: trained on span 2 and compared with the last blessed model (the first run's).
-    make_span(work, 2, seed=2)
-    local_runner.run(config)
-    results["span2"] = Run(outputs.summarize_run(config.validate()), versions(serving_dir))
-    return results
+def runs(local_pipeline) -> Dict[str, _pipeline_runs.Run]:
+    return local_pipeline.runs
 
 
 def test_first_run_blesses_and_pushes_an_integer_version(runs):

@@ -1,0 +1,135 @@
+"""The local pipeline's sequence of runs on one pipeline root, shared by every test that needs a real run.
+
+Each run costs minutes, so the session runs them once (the ``local_pipeline`` fixture, registered in
+tests/conftest.py) and tests read their outcome and the metadata store:
+
+1. ``first``: span 1, thresholds 0, through ``maskrcnn-tfx run --config FILE`` as a user runs it: every
+   component runs, the model is blessed and pushed to ``serving/<integer>/``;
+2. ``strict``: the same data and trainer with a mask AP threshold of 1.0: the data, validation, Transform and
+   Trainer executions are CACHED; the Evaluator runs again, does not bless, and nothing new is pushed;
+3. ``span2``: span 2 added: the pipeline trains on it and the Evaluator compares the new model with the last
+   blessed one (the first run's) as its baseline; it is blessed and pushed as a second version.
+
+The returned :class:`LocalPipelineRuns` gives the configuration, the paths and the runs (in order).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import os
+from typing import Any, Dict, List
+
+import pytest
+
+IMAGE_SIZE = 128
+NUM_IMAGES = 40  # 32 train + 8 eval
+TRAIN_STEPS = 3
+PIPELINE_NAME = "maskrcnn-local-test"
+# In-process Beam: worker processes cost ~40 s to start per Beam step (the Beam runner's test covers them).
+BEAM_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+
+
+def make_span(data_root: str, span: int, seed: int, *, num_images: int = NUM_IMAGES,
+              image_size: int = IMAGE_SIZE) -> str:
+    """Shapes images converted to ``<data_root>/span-<span>/{train,eval}/`` with its label map."""
+    from maskrcnn_tfx.data.convert import convert_coco  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.data.shapes import generate_shapes  # pylint: disable=g-import-not-at-top
+
+    raw = os.path.join(os.path.dirname(data_root), f"raw-{span}")
+    annotations = generate_shapes(raw, num_images=num_images, image_size=image_size, seed=seed)
+    output = os.path.join(data_root, f"span-{span}")
+    convert_coco(annotations, os.path.join(raw, "coco", "images"), output, eval_fraction=0.2, progress=False,
+                 seed=seed)
+    return output
+
+
+def base_config(data_root: str, root: str, **evaluation: Any):
+    """The runs' configuration: spans under ``data_root``, outputs under ``root``, a 3-step tiny model."""
+    from pipelines.config import PipelineConfig  # pylint: disable=g-import-not-at-top
+
+    return PipelineConfig.from_dict({
+        "pipeline_name": PIPELINE_NAME,
+        "pipeline_root": os.path.join(root, "pipeline_root"),
+        "serving_dir": os.path.join(root, "serving"),
+        "beam_args": BEAM_ARGS,
+        "data": {"root": data_root, "train_pattern": "span-{SPAN}/train/*", "eval_pattern": "span-{SPAN}/eval/*",
+                 "label_map_path": os.path.join(data_root, "span-1", "label_map.json")},
+        "trainer": {"preset": "tiny", "train_steps": TRAIN_STEPS, "eval_steps": 1,
+                    "overrides": {"train": {"batch_size": 2, "eval_batch_size": 2}}},
+        # max_ap_drop 1: a 3-step model may score below the last one; the runs are about the wiring.
+        "evaluation": dict({"min_mask_ap": 0.0, "min_box_ap": 0.0, "max_ap_drop": 1.0,
+                            "box_num_thresholds": 100}, **evaluation),
+    }).validate()
+
+
+def versions(serving_dir: str) -> List[str]:
+    """The integer version folders under a serving base directory, ascending."""
+    if not os.path.isdir(serving_dir):
+        return []
+    return sorted((v for v in os.listdir(serving_dir) if v.isdigit()), key=int)
+
+
+@dataclasses.dataclass
+class Run:
+    """One run of the sequence: its configuration, its summary from MLMD and the serving versions after it."""
+
+    name: str
+    config: Any  # pipelines.config.PipelineConfig (validated)
+    summary: Any  # pipelines.outputs.RunSummary
+    versions: List[str]
+    stdout: str = ""
+    exit_code: int = 0
+
+
+@dataclasses.dataclass
+class LocalPipelineRuns:
+    """The runs of the module docstring on one pipeline root and metadata store."""
+
+    config: Any  # the base PipelineConfig (validated); the strict run changes only evaluation.min_mask_ap
+    pipeline_root: str
+    metadata_path: str
+    serving_dir: str
+    data_root: str
+    runs: Dict[str, Run]  # "first", "strict", "span2", in run order
+
+
+def run_sequence(work: str) -> LocalPipelineRuns:
+    """Runs the sequence under ``work`` (see the module docstring)."""
+    import yaml  # pylint: disable=g-import-not-at-top
+
+    from maskrcnn_tfx import cli  # pylint: disable=g-import-not-at-top
+    from pipelines import local_runner, outputs  # pylint: disable=g-import-not-at-top
+
+    data_root = os.path.join(work, "spans")
+    make_span(data_root, 1, seed=1)
+    config = base_config(data_root, work)
+    serving_dir = config.resolved_serving_dir
+    runs: Dict[str, Run] = {}
+
+    config_file = os.path.join(work, "pipeline.yaml")
+    with open(config_file, "w", encoding="utf-8") as f:
+        yaml.safe_dump(config.to_dict(), f)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = cli.main(["run", "--config", config_file])
+    runs["first"] = Run("first", config, outputs.summarize_run(config), versions(serving_dir), out.getvalue(), code)
+
+    # Same data and trainer, an unreachable mask AP: upstream is cached, the Evaluator runs and does not bless.
+    strict = config.replace(evaluation={"min_mask_ap": 1.0}).validate()
+    local_runner.run(strict)
+    runs["strict"] = Run("strict", strict, outputs.summarize_run(strict), versions(serving_dir))
+
+    # A new span: trained on span 2 and compared with the last blessed model (the first run's).
+    make_span(data_root, 2, seed=2)
+    local_runner.run(config)
+    runs["span2"] = Run("span2", config, outputs.summarize_run(config), versions(serving_dir))
+    return LocalPipelineRuns(config=config, pipeline_root=config.pipeline_root,
+                             metadata_path=config.resolved_metadata_path, serving_dir=serving_dir,
+                             data_root=data_root, runs=runs)
+
+
+@pytest.fixture(scope="session")
+def local_pipeline(tmp_path_factory) -> LocalPipelineRuns:
+    """The local pipeline's runs (see the module docstring), once per test session."""
+    return run_sequence(str(tmp_path_factory.mktemp("local_pipeline")))
