@@ -28,7 +28,8 @@ With ``fail_on_error`` (the default) any problem fails the execution, after the 
 error naming the first records at fault and the reports' paths. TFX deletes a failed execution's output
 directory, so the reports are also copied next to it, to ``<artifact uri>.failed/Split-<split>/``, which is
 the path the error names. Without ``fail_on_error`` the run succeeds and the artifact's custom properties
-``annotation_errors`` (total) and ``blessed`` (1 when there is none) tell downstream components.
+``annotation_errors`` (total) and ``blessed`` (1 when there is none) tell downstream components; its custom
+properties ``split_names`` (a JSON list) and ``span`` say what was validated (:func:`validated_splits`).
 """
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ from components.annotation_checks import RULES, ExampleCheck, Problem, inspect_e
 from maskrcnn_tfx import label_map as label_map_lib
 
 __all__ = ["AnnotationValidator", "AnnotationValidatorExecutor", "AnnotationValidatorSpec", "InstanceAnomalies",
-           "AnnotationValidationError", "REPORT_FILE", "REPORT_FORMAT", "report_path", "load_report"]
+           "AnnotationValidationError", "REPORT_FILE", "REPORT_FORMAT", "report_path", "load_report",
+           "validated_splits"]
 
 # Keys of the component's inputs, outputs and execution properties.
 EXAMPLES_KEY = "examples"
@@ -71,6 +73,8 @@ DEFAULT_MAX_LISTED_RECORDS = 100
 # Custom properties of the output artifact.
 ERRORS_PROPERTY = "annotation_errors"
 BLESSED_PROPERTY = "blessed"
+SPLIT_NAMES_PROPERTY = "split_names"  # the validated splits, as a JSON list (TFX's split_names encoding)
+SPAN_PROPERTY = "span"  # the examples' span
 # Where the reports of a failed execution are kept: TFX removes the output artifact's directory on failure.
 FAILED_SUFFIX = ".failed"
 # Records named in the error message; the report lists up to max_listed_records.
@@ -81,13 +85,16 @@ _RULE_ORDER = {rule: i for i, rule in enumerate(RULES)}
 
 
 class InstanceAnomalies(artifact.Artifact):
-    """The AnnotationValidator's reports: ``Split-<split>/annotation_report.json`` per validated split."""
+    """The AnnotationValidator's reports: ``Split-<split>/annotation_report.json`` per validated split.
 
-    TYPE_NAME = "MaskRCNNInstanceAnomalies"
-    PROPERTIES = {
-        "span": artifact.Property(type=artifact.PropertyType.INT),
-        "split_names": artifact.Property(type=artifact.PropertyType.STRING),
-    }
+    Its split names and span are custom properties (:data:`SPLIT_NAMES_PROPERTY`, :data:`SPAN_PROPERTY`), not
+    typed ``PROPERTIES``: Kubeflow V2 compiles a custom artifact type to KFP's generic Artifact schema, which
+    declares no properties, and its compiler rejects any. The type name is KFP's schema title, which must be
+    ``<namespace>.<Name>`` and which the Kubeflow container imports as the class path at run time:
+    ``components`` (this package) exports the class under that name.
+    """
+
+    TYPE_NAME = "components.InstanceAnomalies"
 
 
 class AnnotationValidationError(RuntimeError):
@@ -313,6 +320,11 @@ def load_report(anomalies_uri: str, split: str) -> Dict[str, Any]:
     return body
 
 
+def validated_splits(anomalies: types.Artifact) -> List[str]:
+    """The splits an :class:`InstanceAnomalies` artifact holds reports for."""
+    return artifact_utils.decode_split_names(anomalies.get_string_custom_property(SPLIT_NAMES_PROPERTY))
+
+
 def _keep_reports(anomalies_uri: str, splits: Sequence[str]) -> str:
     """Copies the reports out of the artifact directory, which TFX removes when the execution fails."""
     kept_uri = anomalies_uri.rstrip("/") + FAILED_SUFFIX
@@ -396,8 +408,8 @@ class AnnotationValidatorExecutor(base_beam_executor.BaseBeamExecutor):
                              f"{exclude_splits}")
         files = {split: _split_files(examples, split) for split in splits}
 
-        anomalies.split_names = artifact_utils.encode_split_names(splits)
-        anomalies.span = examples.span
+        anomalies.set_string_custom_property(SPLIT_NAMES_PROPERTY, artifact_utils.encode_split_names(splits))
+        anomalies.set_int_custom_property(SPAN_PROPERTY, examples.span)
         with self._make_beam_pipeline() as pipeline:
             for split in splits:
                 out_path = report_path(anomalies.uri, split)

@@ -320,7 +320,8 @@ def test_executor_passes_clean_data(tmp_path, shapes_data, train_records, eval_r
     # The label map may be named by the converter's output directory.
     anomalies, error = _run_executor(str(tmp_path), examples, shapes_data)
     assert error is None
-    assert anomalies.split_names == '["train", "eval"]'
+    assert av.validated_splits(anomalies) == ["train", "eval"]
+    assert anomalies.get_int_custom_property(av.SPAN_PROPERTY) == examples.span
     assert anomalies.get_int_custom_property(av.ERRORS_PROPERTY) == 0
     assert anomalies.get_int_custom_property(av.BLESSED_PROPERTY) == 1
     for split, records in (("train", train_records), ("eval", eval_records)):
@@ -394,7 +395,7 @@ def test_fail_on_error_off_and_exclude_splits(tmp_path, shapes_data, train_recor
 
     anomalies, error = _run_executor(str(tmp_path / "b"), examples, shapes_data, exclude_splits=["train"])
     assert error is None
-    assert anomalies.split_names == '["eval"]'
+    assert av.validated_splits(anomalies) == ["eval"]
     assert not os.path.exists(av.report_path(anomalies.uri, "train"))
 
 
@@ -419,6 +420,9 @@ def test_component_wiring():
     validator = AnnotationValidator(examples=examples, label_map_path="/data/label_map.json",
                                     exclude_splits=["eval"], max_listed_records=5)
     assert validator.outputs["anomalies"].type is av.InstanceAnomalies
+    # The Kubeflow V2 container finds the output's Python class by importing its type name.
+    from tfx.utils import import_utils  # pylint: disable=g-import-not-at-top
+    assert import_utils.import_class_by_path(av.InstanceAnomalies.TYPE_NAME) is av.InstanceAnomalies
     assert validator.exec_properties[av.EXCLUDE_SPLITS_KEY] == '["eval"]'
     assert validator.exec_properties[av.FAIL_ON_ERROR_KEY] is True
     assert validator.exec_properties[av.MAX_LISTED_RECORDS_KEY] == 5

@@ -135,18 +135,6 @@ def test_beam_runner_end_to_end(tmp_path, shapes_data):
 # Kubeflow V2 compilation and its image
 
 
-def _kfp_compatible() -> bool:
-    """Whether the AnnotationValidator's artifact type can be compiled for KFP v2 (a schema title like
-    ``maskrcnn.InstanceAnomalies`` and no typed properties, which KFP's generic Artifact schema lacks)."""
-    from components.annotation_validator import InstanceAnomalies  # pylint: disable=g-import-not-at-top
-
-    return bool(re.fullmatch(r"[a-z][a-z0-9-_]{2,20}[.][A-Z][a-zA-Z0-9-_]{2,49}", InstanceAnomalies.TYPE_NAME)) \
-        and not InstanceAnomalies.PROPERTIES
-
-
-@pytest.mark.xfail(condition="not _kfp_compatible()", strict=True, raises=(ValueError, KeyError),
-                   reason="components/annotation_validator.py's InstanceAnomalies type is not KFP v2 compatible "
-                          "yet (needs TYPE_NAME 'maskrcnn.InstanceAnomalies' and no typed PROPERTIES)")
 def test_kubeflow_compile_names_components_image_and_parameters(tmp_path, shapes_data, capsys):
     from maskrcnn_tfx import cli  # pylint: disable=g-import-not-at-top
 
@@ -163,6 +151,11 @@ def test_kubeflow_compile_names_components_image_and_parameters(tmp_path, shapes
                          "AnnotationValidator", "Transform", "Trainer", "Evaluator", "Pusher"):
         assert component_id in tasks, tasks
     assert any(t.startswith("latest_blessed_model_resolver") for t in tasks)
+    # Both validators gate Transform on the cluster too.
+    assert {"AnomaliesGate", "AnnotationValidator"} <= set(spec["root"]["dag"]["tasks"]["Transform"]["dependentTasks"])
+    # The custom artifact type compiles to KFP's generic schema titled with its importable class path.
+    anomalies_type = spec["components"]["AnnotationValidator"]["outputDefinitions"]["artifacts"]["anomalies"]
+    assert "title: components.InstanceAnomalies" in anomalies_type["artifactType"]["instanceSchema"]
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values() if "container" in e}
     assert images == {image}
     text = output.read_text()
