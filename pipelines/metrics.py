@@ -4,7 +4,8 @@ TFMA 0.47 has COCO box AP (``COCOMeanAveragePrecision``) but nothing for masks. 
 
 - :class:`COCOMaskAP`: COCO mask AP as a TFMA metric, computed exactly as ``pycocotools`` does (crowd regions,
   area ranges, 101-point interpolation, maximum detections), reported as AP, AP50, AP75, APs/m/l and per-class
-  AP (see :func:`metric_names`).
+  AP (see :func:`metric_names`), and the precision-recall curves behind them as one array
+  (:func:`pr_curves_name`).
 - :class:`COCOBoxAP`: the same for boxes. TFMA's own box AP differs from COCO's on crowd regions, classes that
   have no ground truth, and object areas (see ``pipelines/eval_config.py``); this one does not.
 - :func:`custom_extractors` (the TFX Evaluator's ``custom_extractors`` hook; run it with
@@ -34,6 +35,7 @@ import dataclasses
 import io
 import logging
 import threading
+import warnings
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -350,12 +352,31 @@ def metric_names(name: str, class_names: Sequence[str]) -> List[str]:
             + [f"{name}/{class_name}" for class_name in class_names])
 
 
+# The precision-recall curves reported beside the AP numbers (see pr_curves_name): rows of IoU thresholds.
+PR_CURVE_IOUS = ("0.50:0.95", "0.50", "0.75")
+# COCO's recall points (pycocotools Params.recThrs): 0, 0.01, ... 1.
+PR_CURVE_RECALLS = np.linspace(0.0, 1.0, 101)
+
+
+def pr_curves_name(name: str) -> str:
+    """The name of the precision-recall curves reported with ``name`` (e.g. "mask_ap_pr_curves").
+
+    Its value is a float64 array ``[3, 1 + C, 101]``: precision at COCO's 101 recall points
+    (:data:`PR_CURVE_RECALLS`); rows by IoU (:data:`PR_CURVE_IOUS`: the mean over IoU .50:.95, then .50 and
+    .75); columns the mean over classes (those with ground truth), then each class in ``class_ids`` order;
+    all objects, ``max_detections`` detections. NaN where COCO has no value (no ground truth). The AP numbers
+    are means of these curves. Not in :func:`metric_names`: it is an array, not a number to threshold.
+    """
+    return f"{name}_pr_curves"
+
+
 def summarize(images: Iterable[ImageEval], iou_type: str, class_ids: Sequence[int],
               max_detections: int = 100) -> Dict[str, Any]:
     """COCO's accumulation over images and its summary numbers.
 
-    Returns ``{"ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large": float, "per_class": {class id: float}}``
-    where a number COCO reports as -1 (no ground truth for it) is NaN.
+    Returns ``{"ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large": float, "per_class": {class id: float},
+    "pr_curves": array}`` where a number COCO reports as -1 (no ground truth for it) is NaN; "pr_curves" is the
+    ``[3, 1 + C, 101]`` array described by :func:`pr_curves_name`.
     """
     from pycocotools.cocoeval import COCOeval  # pylint: disable=g-import-not-at-top
 
@@ -367,7 +388,8 @@ def summarize(images: Iterable[ImageEval], iou_type: str, class_ids: Sequence[in
     nan = float("nan")
     if not num_images or not num_classes:
         return {"ap": nan, "ap50": nan, "ap75": nan, "ap_small": nan, "ap_medium": nan, "ap_large": nan,
-                "per_class": {int(c): nan for c in class_ids}}
+                "per_class": {int(c): nan for c in class_ids},
+                "pr_curves": np.full((len(PR_CURVE_IOUS), 1 + num_classes, len(PR_CURVE_RECALLS)), nan)}
     eval_imgs: List[Optional[ImageClassEval]] = [None] * (num_classes * num_areas * num_images)
     for i, image in enumerate(ordered):
         for (k, a), result in image.results.items():
@@ -395,7 +417,18 @@ def summarize(images: Iterable[ImageEval], iou_type: str, class_ids: Sequence[in
         "ap_medium": mean(precision[:, :, :, 2]),
         "ap_large": mean(precision[:, :, :, 3]),
         "per_class": {int(c): mean(precision[:, :, k, 0]) for k, c in enumerate(params.catIds)},
+        "pr_curves": _pr_curves(precision[:, :, :, 0], iou_50, iou_75),
     }
+
+
+def _pr_curves(precision: np.ndarray, iou_50: int, iou_75: int) -> np.ndarray:
+    """[IoU, recall, class] precision (-1 undefined) to the [3, 1 + C, recall] array of :func:`pr_curves_name`."""
+    defined = np.where(precision > -1, precision, np.nan)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the mean of nothing (no ground truth) is NaN
+        by_iou = np.stack([np.nanmean(defined, axis=0), defined[iou_50], defined[iou_75]])  # [3, R, C]
+        mean_over_classes = np.nanmean(by_iou, axis=2, keepdims=True)  # [3, R, 1]
+    return np.transpose(np.concatenate([mean_over_classes, by_iou], axis=2), (0, 2, 1)).astype(np.float64)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -432,7 +465,7 @@ class _CocoAccumulateCombiner(beam.CombineFn):
 
     def __init__(self, keys: List[metric_types.MetricKey], iou_type: str, class_ids: Sequence[int],
                  max_detections: int):
-        self._keys = keys  # in metric_names() order
+        self._keys = keys  # in metric_names() order, then pr_curves_name()
         self._iou_type = iou_type
         self._class_ids = [int(c) for c in class_ids]
         self._max_detections = max_detections
@@ -451,10 +484,11 @@ class _CocoAccumulateCombiner(beam.CombineFn):
             merged.extend(accumulator)
         return merged
 
-    def extract_output(self, accumulator: List[ImageEval]) -> Dict[metric_types.MetricKey, float]:
+    def extract_output(self, accumulator: List[ImageEval]) -> Dict[metric_types.MetricKey, Any]:
         summary = summarize(accumulator, self._iou_type, self._class_ids, self._max_detections)
         values = [summary[k] for k in ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")]
         values += [summary["per_class"][c] for c in self._class_ids]
+        values.append(summary["pr_curves"])
         return dict(zip(self._keys, values))
 
 
@@ -508,7 +542,7 @@ class _COCOAveragePrecisionBase(metric_types.Metric):
             for output_name in output_names or [""]:
                 keys = [metric_types.MetricKey(name=n, model_name=model_name, output_name=output_name,
                                                example_weighted=False)
-                        for n in metric_names(name, class_names)]
+                        for n in metric_names(name, class_names) + [pr_curves_name(name)]]
                 preprocessor = _CocoImageEvalPreprocessor(self.IOU_TYPE, class_ids, max_detections, mask_threshold,
                                                           model_name)
                 computations.append(metric_types.MetricComputation(
@@ -536,6 +570,62 @@ class COCOBoxAP(_COCOAveragePrecisionBase):
 
     IOU_TYPE = "bbox"
     DEFAULT_NAME = "box_ap"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# TFMA's own box AP, usable with a baseline model
+# --------------------------------------------------------------------------------------------------------------
+
+class _ModelKeyedPreprocessor(metric_types.Preprocessor):
+    """Keys another preprocessor's predictions by model name, as TFMA's combiners expect with several models.
+
+    TFMA 0.47's ``BoundingBoxMatchPreprocessor`` reads the right model's predictions but yields them bare, while
+    the confusion-matrix combiner it feeds looks them up by model name whenever the evaluation has several models
+    (``metric_util.to_label_prediction_example_weight``), and fails with ``expected dict for "candidate" but found
+    <class 'list'>``. With one model (name "") nothing changes.
+    """
+
+    def __init__(self, inner: metric_types.Preprocessor, model_name: str):
+        super().__init__(name=f"{inner.name}:model={model_name}")
+        self._inner = inner
+        self._model_name = model_name
+
+    def setup(self):
+        self._inner.setup()
+
+    def process(self, extracts: tfma.types.Extracts) -> Iterator[metric_types.StandardMetricInputs]:
+        for inputs in self._inner.process(extracts):
+            if self._model_name and tfma_constants.PREDICTIONS_KEY in inputs:
+                inputs[tfma_constants.PREDICTIONS_KEY] = {self._model_name: inputs[tfma_constants.PREDICTIONS_KEY]}
+            yield inputs
+
+
+def _model_keyed(computation):
+    if not isinstance(computation, metric_types.MetricComputation) or not any(
+            isinstance(p, tfma.metrics.preprocessors.BoundingBoxMatchPreprocessor) for p in computation.preprocessors):
+        return computation
+    model_names = {key.model_name for key in computation.keys}
+    if len(model_names) != 1:
+        raise ValueError(f"a box-matching computation should be of one model, these keys name {sorted(model_names)}")
+    model_name = model_names.pop()
+    preprocessors = [_ModelKeyedPreprocessor(p, model_name)
+                     if isinstance(p, tfma.metrics.preprocessors.BoundingBoxMatchPreprocessor) else p
+                     for p in computation.preprocessors]
+    return metric_types.MetricComputation(keys=computation.keys, preprocessors=preprocessors,
+                                          combiner=computation.combiner)
+
+
+class BoxMeanAveragePrecision(tfma.metrics.COCOMeanAveragePrecision):
+    """TFMA's ``COCOMeanAveragePrecision``, its computations unchanged, but evaluable with a baseline model.
+
+    Its box-matching preprocessors are wrapped by :class:`_ModelKeyedPreprocessor` (TFMA 0.47 cannot evaluate its
+    own metric on a candidate and a baseline together without it). Configure with
+    ``tfma.MetricConfig(class_name="BoxMeanAveragePrecision", module="pipelines.metrics", config=...)`` and the
+    arguments of ``COCOMeanAveragePrecision``.
+    """
+
+    def computations(self, *args, **kwargs) -> metric_types.MetricComputations:
+        return [_model_keyed(c) for c in super().computations(*args, **kwargs)]
 
 
 # --------------------------------------------------------------------------------------------------------------
