@@ -17,6 +17,9 @@ IMAGES_INPUT = "images"
 EXAMPLES_INPUT = "examples"
 OUTPUT_KEYS = ("detection_boxes", "detection_classes", "detection_scores", "num_detections", "detection_masks",
                "image_size")
+# The outputs' dtypes (numpy names): a JSON answer carries numbers only, the client restores these.
+OUTPUT_DTYPES = {"detection_boxes": "float32", "detection_classes": "int32", "detection_scores": "float32",
+                 "num_detections": "int32", "detection_masks": "float32", "image_size": "int32"}
 
 # Files inside a SavedModel folder.
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
