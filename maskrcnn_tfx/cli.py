@@ -20,6 +20,12 @@ SUBCOMMANDS = {
                     "Generate the synthetic shapes data set (COCO JSON + images) and convert it to TFRecords."),
     "run": ("pipelines.run_cli",
             "Run the TFX pipeline (local or Beam) or compile it for Kubeflow; print the pushed model and metrics."),
+    "report": ("maskrcnn_tfx.report.cli",
+               "Build the HTML report of a pipeline run (metrics, blessing, curves, data, gallery) and the runs index."),
+    "predict": ("serving.predict_cli",
+                "Detections for images from a TF Serving endpoint (REST or gRPC); COCO results JSON, overlays."),
+    "serve": ("serving.serve_cli",
+              "Serve the pushed models with TF Serving's REST and gRPC APIs (a local server for development)."),
 }
 
 
