@@ -26,6 +26,8 @@ SUBCOMMANDS = {
                 "Detections for images from a TF Serving endpoint (REST or gRPC); COCO results JSON, overlays."),
     "serve": ("serving.serve_cli",
               "Serve the pushed models with TF Serving's REST and gRPC APIs (a local server for development)."),
+    "serving-config": ("serving.config_cli",
+                       "Write TF Serving's models.config and batching parameters for the pushed models."),
 }
 
 
