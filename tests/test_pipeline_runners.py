@@ -106,6 +106,41 @@ def test_factory_wires_every_component(tmp_path, shapes_data):
     transform_upstream = {n.id for n in components["Transform"].upstream_nodes}
     assert {"AnomaliesGate", "AnnotationValidator"} <= transform_upstream
 
+    # One pattern split into train and eval by hash buckets instead of two patterns.
+    hashed = create_pipeline(PipelineConfig.from_dict(dict(base, data={"root": shapes_data, "pattern": "*/*",
+                                                                       "hash_buckets": [3, 1]})))
+    example_gen = next(c for c in hashed.components if c.id == "ImportExampleGen")
+    input_config = json.loads(example_gen.exec_properties["input_config"])
+    output_config = json.loads(example_gen.exec_properties["output_config"])
+    assert [s["pattern"] for s in input_config["splits"]] == ["*/*"]
+    assert {s["name"]: s["hash_buckets"] for s in output_config["split_config"]["splits"]} == {"train": 3, "eval": 1}
+
+
+def _beam_args_by_component(pipeline):
+    from tfx.dsl.components.base import executor_spec  # pylint: disable=g-import-not-at-top
+
+    return {c.id: list(c.executor_spec.beam_pipeline_args) for c in pipeline.components
+            if isinstance(getattr(c, "executor_spec", None), executor_spec.BeamExecutorSpec)}
+
+
+def test_beam_args_reach_every_beam_component(tmp_path, shapes_data):
+    from pipelines import run_cli  # pylint: disable=g-import-not-at-top
+    from pipelines.pipeline import create_pipeline  # pylint: disable=g-import-not-at-top
+
+    common = ("--data", shapes_data, "--pipeline-root", str(tmp_path / "root"))
+    # The Beam runner's default: Beam's DirectRunner in one worker process per core.
+    by_component = _beam_args_by_component(create_pipeline(run_cli.config_from_args(_args("--runner", "beam",
+                                                                                          *common))))
+    assert {"ImportExampleGen", "StatisticsGen", "AnnotationValidator", "Transform", "Evaluator"} <= set(by_component)
+    for component_id, args in by_component.items():
+        assert "--direct_running_mode=multi_processing" in args, (component_id, args)
+        assert f"--direct_num_workers={os.cpu_count()}" in args, (component_id, args)
+    # Given Beam arguments replace the defaults and pass through unchanged, e.g. for Flink.
+    flink = ["--runner=FlinkRunner", "--flink_master=localhost:8081", "--environment_type=LOOPBACK"]
+    config = run_cli.config_from_args(_args("--runner", "beam", *common, *(f"--beam-arg={a}" for a in flink)))
+    for component_id, args in _beam_args_by_component(create_pipeline(config)).items():
+        assert args == flink, (component_id, args)
+
 
 # ---------------------------------------------------------------------------------------------------------
 # Beam runner
