@@ -88,10 +88,10 @@ class EvaluationConfig:
     min_box_ap: Optional[float] = None
     # Against the latest blessed model (when there is one): the candidate's AP may be at most this lower.
     max_ap_drop: Optional[float] = 0.0
-    # "tfma" (TFMA's COCOMeanAveragePrecision) fails in TFMA 0.47 once a baseline model is evaluated too (its
-    # box-matching preprocessor drops the per-model keys), i.e. from the second run on; "pycocotools" gives
-    # COCO's exact box AP and works with a baseline. Use "tfma" for single-model evaluations until fixed.
-    box_metric: str = "pycocotools"
+    # "tfma": TFMA's COCOMeanAveragePrecision (pipelines.metrics.BoxMeanAveragePrecision, which also works with
+    # a baseline model); "pycocotools": COCO's exact box AP (crowd regions, mask areas), much cheaper with many
+    # classes. See pipelines/eval_config.py.
+    box_metric: str = "tfma"
     box_num_thresholds: int = 1000
     max_detections: int = 100
 

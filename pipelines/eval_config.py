@@ -13,7 +13,11 @@ It reports, for the model and, with a baseline, for the baseline and their diffe
 Box AP comes from one of two implementations (``box_metric``):
 
 - ``"tfma"`` (default): TFMA's own ``COCOMeanAveragePrecision``, one metric config per reported number, fed with
-  pixel boxes by ``pipelines.metrics.CocoEvalInputsExtractor``. It is COCO's algorithm with these differences
+  pixel boxes by ``pipelines.metrics.CocoEvalInputsExtractor``. It is configured as its subclass
+  ``pipelines.metrics.BoxMeanAveragePrecision``, whose computations are TFMA's but whose box-matching outputs are
+  keyed by model name: TFMA 0.47's own class fails as soon as a baseline model is evaluated too (its
+  ``BoundingBoxMatchPreprocessor`` yields bare predictions that its combiner looks up by model name). It is
+  COCO's algorithm with these differences
   (``tests/test_metrics.py`` shows it equal to ``pycocotools`` where none applies, and the crowd difference):
 
   * no crowd handling: crowd regions are dropped from its ground truth, so a detection on one is a false
@@ -92,7 +96,8 @@ def tfma_box_metric_configs(label_map: LabelMap, *, name: str = BOX_AP,
     variants += [{"class_ids": ids, "area_range": list(area)} for area in metrics.AREA_RANGES[1:]]
     variants += [{"class_ids": [class_id]} for class_id in ids]
     names = metrics.metric_names(name, label_map.names)
-    return [tfma.MetricConfig(class_name="COCOMeanAveragePrecision",
+    # TFMA's COCOMeanAveragePrecision, through the subclass that also works with a baseline model.
+    return [tfma.MetricConfig(class_name=metrics.BoxMeanAveragePrecision.__name__, module=metrics.__name__,
                               config=json.dumps(dict(common, name=metric_name, **variant), sort_keys=True))
             for metric_name, variant in zip(names, variants)]
 

@@ -593,9 +593,14 @@ def test_object_count_buckets():
 
 
 def test_eval_config_reports_every_coco_number():
+    import tensorflow_model_analysis as tfma
+
     config = eval_config_lib.build_eval_config(LABEL_MAP)
     expected_names = set(metrics.metric_names("box_ap", LABEL_MAP.names))
-    box_configs = [m for m in config.metrics_specs[0].metrics if m.class_name == "COCOMeanAveragePrecision"]
+    # TFMA's COCOMeanAveragePrecision, through its subclass that also evaluates with a baseline.
+    assert issubclass(metrics.BoxMeanAveragePrecision, tfma.metrics.COCOMeanAveragePrecision)
+    box_configs = [m for m in config.metrics_specs[0].metrics if m.class_name == "BoxMeanAveragePrecision"]
+    assert {m.module for m in box_configs} == {"pipelines.metrics"}
     assert {json.loads(m.config)["name"] for m in box_configs} == expected_names
     by_name = {json.loads(m.config)["name"]: json.loads(m.config) for m in box_configs}
     assert by_name["box_ap_small"]["area_range"] == [0.0, 1024.0]
@@ -677,17 +682,27 @@ def test_blessing_end_to_end_against_a_baseline(fixture_images, tmp_path):
     data = _write_examples(fixture_images, str(tmp_path / "eval.tfrecord"))
     schema = _inferred_schema(data)  # decoded as in TFX, by the schema, unlike the other TFMA run
     mask_ap = _coco_reference(fixture_images, "segm")["ap"]
-    # Fast exact box metric: the thresholds and their validation do not depend on the box implementation.
+    # The default box metric, TFMA's COCOMeanAveragePrecision, on the candidate and the baseline together.
     config = eval_config_lib.build_eval_config(LABEL_MAP, min_mask_ap=mask_ap - 0.05, min_box_ap=0.0,
-                                               max_ap_drop=0.0, with_baseline=True, box_metric="pycocotools")
+                                               max_ap_drop=0.0, with_baseline=True, box_num_thresholds=NUM_THRESHOLDS)
 
     _run_tfma(config, {tfma.CANDIDATE_KEY: better, tfma.BASELINE_KEY: worse}, data, str(tmp_path / "pass"),
               schema)
     assert tfma.load_validation_result(str(tmp_path / "pass")).validation_ok
     candidate = _slice_metrics(tfma.load_eval_result(str(tmp_path / "pass"), model_name=tfma.CANDIDATE_KEY))
     _assert_close(_as_summary(candidate, "mask_ap"), _coco_reference(fixture_images, "segm"), "schema-decoded")
-    _assert_close(_as_summary(candidate, "box_ap"), _coco_reference(fixture_images, "bbox"), "schema-decoded")
+    tfma_semantics = {"tfma_box_semantics": True}
+    _assert_close(_as_summary(candidate, "box_ap"), _coco_reference(fixture_images, "bbox", **tfma_semantics),
+                  "schema-decoded TFMA box_ap of the candidate")
+    # Each model's box AP is its own: the baseline's is COCOeval's on the baseline's detections.
+    baseline = _slice_metrics(tfma.load_eval_result(str(tmp_path / "pass"), model_name=tfma.BASELINE_KEY))
+    _assert_close(_as_summary(baseline, "box_ap"),
+                  _coco_reference(_without_detections(fixture_images, 0.6, seed=1), "bbox", **tfma_semantics),
+                  "TFMA box_ap of the baseline")
 
+    # The gate, the other way round; the exact box metric is much cheaper and carries the same thresholds.
+    config = eval_config_lib.build_eval_config(LABEL_MAP, min_mask_ap=mask_ap - 0.05, min_box_ap=0.0,
+                                               max_ap_drop=0.0, with_baseline=True, box_metric="pycocotools")
     failed_dir = str(tmp_path / "fail")
     _run_tfma(config, {tfma.CANDIDATE_KEY: worse, tfma.BASELINE_KEY: better}, data, failed_dir, schema)
     validation = tfma.load_validation_result(failed_dir)
