@@ -210,36 +210,40 @@ class ModelStore:
         """Looks at the base path once, loading and unloading versions; returns the versions now served."""
         with self._poll_lock:
             ready = self._ready_versions()
-            candidates = [v for v, (_, fp) in ready.items() if self._failed.get(v, (None,))[0] != fp]
-            wanted = self.config.version_policy.select(candidates)
-            newly_loaded = {}
-            for version in wanted:
-                if version in self._loaded:
-                    continue
-                path, fingerprint = ready[version]
-                start = time.monotonic()
-                try:
-                    newly_loaded[version] = load_version(path, version, model_name=self.name, warmup=self._warmup)
-                except Exception as e:  # pylint: disable=broad-except  (any failure: keep serving the others)
-                    message = f"{type(e).__name__}: {e}"
-                    log.error("model %s: version %d at %s failed to load; keeping %s. %s", self.name, version,
-                              path, sorted(self._loaded) or "nothing", message)
-                    self._failed[version] = (fingerprint, message)
-                    continue
-                self._failed.pop(version, None)
-                log.info("model %s: loaded version %d from %s in %.1f s", self.name, version, path,
-                         time.monotonic() - start)
-            keep = {v: self._loaded[v] for v in wanted if v in self._loaded}
-            keep.update(newly_loaded)
-            # A failed load of every wanted version must not leave the model with nothing to serve.
-            if not keep and self._loaded and all(v in self._failed for v in wanted):
-                return sorted(self._loaded, reverse=True)
+            # Forget the failures of folders that were removed.
+            self._failed = {v: failure for v, failure in self._failed.items() if v in self._seen}
+            newly_loaded: Dict[int, LoadedVersion] = {}
+            # A version that fails to load drops out and the policy picks again among the others (with
+            # "latest 2", versions 4 (broken), 3 and 2 on disk serve 3 and 2).
+            while True:
+                candidates = [v for v, (_, fp) in ready.items() if self._failed.get(v, (None,))[0] != fp]
+                wanted = self.config.version_policy.select(candidates)
+                to_load = [v for v in wanted if v not in self._loaded and v not in newly_loaded]
+                if not to_load:
+                    break
+                for version in to_load:
+                    self._load(version, *ready[version], into=newly_loaded)
+            keep = {v: self._loaded.get(v) or newly_loaded[v] for v in wanted}
             with self._lock:
                 unloaded = sorted(set(self._loaded) - set(keep))
                 self._loaded = keep
             for version in unloaded:
                 log.info("model %s: unloaded version %d", self.name, version)
             return sorted(keep, reverse=True)
+
+    def _load(self, version: int, path: str, fingerprint: tuple, *, into: Dict[int, LoadedVersion]) -> None:
+        start = time.monotonic()
+        try:
+            into[version] = load_version(path, version, model_name=self.name, warmup=self._warmup)
+        except Exception as e:  # pylint: disable=broad-except  (any failure: keep serving the others)
+            message = f"{type(e).__name__}: {e}"
+            log.error("model %s: version %d at %s failed to load; still serving %s. %s", self.name, version,
+                      path, sorted(self._loaded) or "nothing", message)
+            self._failed[version] = (fingerprint, message)
+            return
+        self._failed.pop(version, None)
+        log.info("model %s: loaded version %d from %s in %.1f s", self.name, version, path,
+                 time.monotonic() - start)
 
     def pending(self) -> bool:
         """Whether a complete version folder was seen that is neither served nor failed (it may be settling)."""

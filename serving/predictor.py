@@ -132,8 +132,8 @@ def _error_code_value(name: str) -> int:
 
 
 # TF's eager wrapper puts this before the message of an op that failed inside a graph.
-_GRAPH_ERROR_PREAMBLE = re.compile(r"^Graph execution error:\s*(Detected at node .*?\n)?(<stack traces unavailable>\n)?",
-                                   re.DOTALL)
+_GRAPH_ERROR_PREAMBLE = re.compile(
+    r"^Graph execution error:\s*(Detected at node .*?\n)?(<stack traces unavailable>\n)?", re.DOTALL)
 _OP_SUFFIX = re.compile(r"\s*\[Op:__inference_[^\]]*\]\s*$")
 
 
