@@ -2,7 +2,8 @@
 
 :func:`latest_run` returns the executions of the latest run of a pipeline (state, timings, input and output
 artifacts per component); :func:`summarize_run` adds what a user asks after a run: the pushed model's path
-and version, whether the model was blessed, and the Evaluator's mask and box AP.
+and version, whether the model was blessed, and the Evaluator's mask and box AP. :func:`pipeline_runs` and
+:func:`summarize` do the same for every run (the report's index of runs).
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ class ExecutionInfo:
     end_ms: int
     inputs: Dict[str, List[ArtifactInfo]]
     outputs: Dict[str, List[ArtifactInfo]]
+    execution_id: int = 0  # the execution's id in the metadata store
 
     @property
     def seconds(self) -> float:
@@ -59,6 +61,7 @@ class RunSummary:
     eval_uri: str = ""
     metrics: Dict[str, float] = dataclasses.field(default_factory=dict)
     baseline_metrics: Dict[str, float] = dataclasses.field(default_factory=dict)
+    start_ms: int = 0  # when the run started (its pipeline_run context's creation)
 
     def lines(self) -> List[str]:
         """A short human-readable report."""
@@ -91,49 +94,64 @@ def _properties(artifact: metadata_store_pb2.Artifact) -> Dict[str, Any]:
 
 def latest_run(config: PipelineConfig) -> Optional[RunSummary]:
     """The executions of the latest run of the pipeline, by component id; None when it never ran."""
+    runs = _runs(config, latest_only=True)
+    return runs[-1] if runs else None
+
+
+def pipeline_runs(config: PipelineConfig) -> List[RunSummary]:
+    """Every run of the pipeline, oldest first, each with its executions by component id (as :func:`latest_run`)."""
+    return _runs(config, latest_only=False)
+
+
+def _runs(config: PipelineConfig, latest_only: bool) -> List[RunSummary]:
     connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(config.resolved_metadata_path)
     if not os.path.exists(config.resolved_metadata_path):
-        return None
+        return []
     with tfx_metadata.Metadata(connection) as m:
         store = m.store
         pipeline_context = store.get_context_by_type_and_name("pipeline", config.pipeline_name)
         if pipeline_context is None:
-            return None
+            return []
         pipeline_execution_ids = {e.id for e in store.get_executions_by_context(pipeline_context.id)}
         runs = [c for c in store.get_contexts_by_type("pipeline_run")
                 if any(e.id in pipeline_execution_ids for e in store.get_executions_by_context(c.id))]
-        if not runs:
-            return None
-        run = max(runs, key=lambda c: (c.create_time_since_epoch, c.id))
-        run_executions = {e.id: e for e in store.get_executions_by_context(run.id)}
-        executions: Dict[str, ExecutionInfo] = {}
-        for node in sorted(store.get_contexts_by_type("node"), key=lambda c: c.id):
-            prefix = f"{config.pipeline_name}."
-            if not node.name.startswith(prefix):
-                continue
-            component_id = node.name[len(prefix):]
-            mine = [e for e in store.get_executions_by_context(node.id) if e.id in run_executions]
-            if not mine:
-                continue
-            execution = max(mine, key=lambda e: e.id)
-            events = store.get_events_by_execution_ids([execution.id])
-            artifacts = {a.id: a for a in store.get_artifacts_by_id([ev.artifact_id for ev in events])}
-            types = {t.id: t.name for t in store.get_artifact_types_by_id(
-                list({a.type_id for a in artifacts.values()}))} if artifacts else {}
-            inputs: Dict[str, List[ArtifactInfo]] = {}
-            outputs: Dict[str, List[ArtifactInfo]] = {}
-            for event in events:
-                artifact = artifacts[event.artifact_id]
-                key = next((s.key for s in event.path.steps if s.HasField("key")), "")
-                info = ArtifactInfo(types.get(artifact.type_id, ""), artifact.uri, _properties(artifact))
-                target = outputs if event.type in _OUTPUT_EVENTS else inputs if event.type in _INPUT_EVENTS else None
-                if target is not None:
-                    target.setdefault(key, []).append(info)
-            executions[component_id] = ExecutionInfo(
-                component_id=component_id, state=_STATE_NAMES.get(execution.last_known_state, "UNKNOWN"),
-                start_ms=execution.create_time_since_epoch, end_ms=execution.last_update_time_since_epoch,
-                inputs=inputs, outputs=outputs)
-        return RunSummary(run_id=run.name, executions=executions)
+        runs.sort(key=lambda c: (c.create_time_since_epoch, c.id))
+        runs = runs[-1:] if latest_only else runs
+        nodes = sorted(store.get_contexts_by_type("node"), key=lambda c: c.id)
+        return [_run_summary(store, config.pipeline_name, run, nodes) for run in runs]
+
+
+def _run_summary(store, pipeline_name: str, run: metadata_store_pb2.Context,
+                 nodes: List[metadata_store_pb2.Context]) -> RunSummary:
+    run_executions = {e.id: e for e in store.get_executions_by_context(run.id)}
+    executions: Dict[str, ExecutionInfo] = {}
+    for node in nodes:
+        prefix = f"{pipeline_name}."
+        if not node.name.startswith(prefix):
+            continue
+        component_id = node.name[len(prefix):]
+        mine = [e for e in store.get_executions_by_context(node.id) if e.id in run_executions]
+        if not mine:
+            continue
+        execution = max(mine, key=lambda e: e.id)
+        events = store.get_events_by_execution_ids([execution.id])
+        artifacts = {a.id: a for a in store.get_artifacts_by_id([ev.artifact_id for ev in events])}
+        types = {t.id: t.name for t in store.get_artifact_types_by_id(
+            list({a.type_id for a in artifacts.values()}))} if artifacts else {}
+        inputs: Dict[str, List[ArtifactInfo]] = {}
+        outputs: Dict[str, List[ArtifactInfo]] = {}
+        for event in events:
+            artifact = artifacts[event.artifact_id]
+            key = next((s.key for s in event.path.steps if s.HasField("key")), "")
+            info = ArtifactInfo(types.get(artifact.type_id, ""), artifact.uri, _properties(artifact))
+            target = outputs if event.type in _OUTPUT_EVENTS else inputs if event.type in _INPUT_EVENTS else None
+            if target is not None:
+                target.setdefault(key, []).append(info)
+        executions[component_id] = ExecutionInfo(
+            component_id=component_id, state=_STATE_NAMES.get(execution.last_known_state, "UNKNOWN"),
+            start_ms=execution.create_time_since_epoch, end_ms=execution.last_update_time_since_epoch,
+            inputs=inputs, outputs=outputs, execution_id=execution.id)
+    return RunSummary(run_id=run.name, executions=executions, start_ms=run.create_time_since_epoch)
 
 
 def _overall_metrics(eval_uri: str) -> Dict[str, Dict[str, float]]:
@@ -155,8 +173,11 @@ def _overall_metrics(eval_uri: str) -> Dict[str, Dict[str, float]]:
 def summarize_run(config: PipelineConfig) -> Optional[RunSummary]:
     """The latest run with its blessing, pushed model and overall eval metrics filled in."""
     summary = latest_run(config)
-    if summary is None:
-        return None
+    return None if summary is None else summarize(summary)
+
+
+def summarize(summary: RunSummary) -> RunSummary:
+    """Fills in a run's blessing, pushed model and overall eval metrics (from :func:`pipeline_runs`)."""
     evaluator = summary.executions.get("Evaluator")
     if evaluator is not None:
         blessing = evaluator.outputs.get("blessing", [])

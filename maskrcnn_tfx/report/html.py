@@ -1,0 +1,55 @@
+"""The report's pages: Jinja2 templates (``templates/``) with autoescaping, CSS inlined into each page."""
+from __future__ import annotations
+
+import functools
+import math
+import os
+from typing import Any, Dict, Optional
+
+TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
+MISSING = "—"
+
+
+def number(value: Optional[float], digits: int = 3) -> str:
+    """A metric for a table cell: fixed digits, '—' for a missing or undefined (NaN) value."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return MISSING
+    return f"{float(value):.{digits}f}"
+
+
+def signed(value: Optional[float], digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return MISSING
+    return f"{float(value):+.{digits}f}"
+
+
+def trend(value: Optional[float]) -> str:
+    """The CSS class of a change: 'up', 'down' or ''."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value == 0:
+        return ""
+    return "up" if value > 0 else "down"
+
+
+@functools.lru_cache(maxsize=1)
+def environment():
+    import jinja2  # pylint: disable=g-import-not-at-top
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=False, lstrip_blocks=False)
+    env.filters.update(number=number, signed=signed, trend=trend)
+    return env
+
+
+def render(template: str, context: Dict[str, Any]) -> str:
+    return environment().get_template(template).render(**context)
+
+
+def write(path: str, template: str, context: Dict[str, Any]) -> str:
+    """Renders a page and writes it atomically (a reader never sees half a page)."""
+    body = render(template, context)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    partial = path + ".partial"
+    with open(partial, "w", encoding="utf-8") as f:
+        f.write(body)
+    os.replace(partial, path)
+    return path
