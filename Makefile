@@ -42,9 +42,11 @@ $(STAMP): setup.py $(CONSTRAINTS)
 demo: $(STAMP)
 	$(VENV)/bin/maskrcnn-tfx make-shapes --output $(OUT)/shapes --num-images 64 --image-size 128
 	@# The whole local pipeline (validation, Transform, tiny Mask R-CNN, Evaluator, Pusher): a few minutes on 2 cores.
+	@# It prints each component's state and time, the box and mask AP, the blessing and the pushed model.
+	@# 200 score thresholds keep TFMA's box AP (about 120 Beam computations for 3 classes) to seconds.
 	$(VENV)/bin/maskrcnn-tfx run --runner local --data $(OUT)/shapes/tfrecords \
 		--pipeline-root $(OUT)/pipeline --serving-dir $(OUT)/serving \
-		--preset tiny --train-steps 100
+		--preset tiny --train-steps 100 --box-num-thresholds 200
 
 test: $(STAMP)
 	MASKRCNN_TFX_COCO128="$(COCO128_DIR)" $(PY) -m pytest tests $(PYTEST_ARGS)
