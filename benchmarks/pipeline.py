@@ -69,7 +69,10 @@ def main() -> int:
     outside = total - trainer
     print(f"{'sum of components':<42} {total:9.1f}")
     print(f"{'outside training (all but Trainer)':<42} {outside:9.1f} {100 * outside / max(total, 1e-9):6.1f}%")
+    # The peer in the same run: absolute times drift on a shared machine, this ratio much less.
+    print(f"{'outside training / Trainer':<42} {outside / max(trainer, 1e-9):9.2f}x")
     print(f"{'wall time (incl. orchestration)':<42} {wall:9.1f}")
+    print(f"load average (1, 5, 15 min) at the end: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print(f"work dir: {work}")
     return 0
 
