@@ -47,6 +47,8 @@ demo: $(STAMP)
 	$(VENV)/bin/maskrcnn-tfx run --runner local --data $(OUT)/shapes/tfrecords \
 		--pipeline-root $(OUT)/pipeline --serving-dir $(OUT)/serving \
 		--preset tiny --train-steps 100 --box-num-thresholds 200
+	@# The HTML report of the run (and the index of every run): it prints the page's path to open.
+	$(VENV)/bin/maskrcnn-tfx report --pipeline-root $(OUT)/pipeline --output $(OUT)/report
 
 test: $(STAMP)
 	MASKRCNN_TFX_COCO128="$(COCO128_DIR)" $(PY) -m pytest tests $(PYTEST_ARGS)
