@@ -23,6 +23,8 @@ setup(
     python_requires=">=3.10,<3.11",
     packages=find_packages(include=["maskrcnn_tfx*", "pipelines*", "components*", "trainer*", "serving*"]),
     include_package_data=True,
+    # The report's page templates and stylesheet.
+    package_data={"maskrcnn_tfx.report": ["templates/*"]},
     install_requires=[
         "tfx[kfp]==1.16.0",
         "tensorflow==2.16.2",
@@ -40,7 +42,11 @@ setup(
         "numpy<2",
         "tqdm",
         "pyyaml",
+        # The report: pages (Jinja2) and charts (matplotlib).
+        "jinja2",
+        "matplotlib",
     ],
-    extras_require={"test": ["pytest"]},
+    # The report's tests drive Chromium over its DevTools websocket and execute the notebook.
+    extras_require={"test": ["pytest", "websocket-client", "nbclient", "nbformat", "ipykernel"]},
     entry_points={"console_scripts": ["maskrcnn-tfx=maskrcnn_tfx.cli:main"]},
 )
