@@ -257,6 +257,26 @@ def test_custom_config_ignores_the_cloud_extensions_keys():
         task_lib.config_from_custom_config({"preset": "tiny", "trian": {}})
 
 
+def test_export_precision_is_configured_from_yaml_and_custom_config(tmp_path):
+    from trainer import export as export_lib  # pylint: disable=g-import-not-at-top
+
+    # The config accepts exactly what the export can build.
+    assert tuple(config_lib.SERVING_PRECISIONS) == tuple(export_lib.PRECISIONS)
+    for name in config_lib.preset_names():
+        export = config_lib.load_config(name).export
+        assert (export.precision, export.jit_compile) == ("float32", False)
+    from_custom_config = task_lib.config_from_custom_config(
+        {"preset": "tiny", "export": {"precision": "bfloat16", "jit_compile": True}})
+    assert (from_custom_config.export.precision, from_custom_config.export.jit_compile) == ("bfloat16", True)
+    path = tmp_path / "serve_bf16.yaml"
+    path.write_text("export:\n  precision: bfloat16\n")
+    assert config_lib.load_config(str(path)).export.precision == "bfloat16"
+    with pytest.raises(config_lib.ConfigError, match=r"export.precision 'float16' is not one of float32, bfloat16"):
+        config_lib.load_config("tiny", {"export": {"precision": "float16"}})
+    with pytest.raises(config_lib.ConfigError, match=r"export.jit_compile must be true or false"):
+        config_lib.load_config("tiny", {"export": {"jit_compile": "fast"}})
+
+
 # ------------------------------------------------------------------------------------------------ strategies
 
 def _runtime(**values):

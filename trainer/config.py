@@ -1,6 +1,6 @@
 """The Trainer's one typed configuration, and its mapping onto Model Garden's ``ExperimentConfig``.
 
-Everything a user can tune about training lives in :class:`TrainerConfig`, a Model Garden ``hyperparams.Config``
+Everything a user can tune about training, and the serving export's precision, lives in :class:`TrainerConfig`, a Model Garden ``hyperparams.Config``
 dataclass. A configuration is built from a preset (data: ``trainer/presets/<name>.yaml``) and overrides (a dict
 such as the TFX Trainer's ``custom_config``, or more YAML), and validated once, where it enters, by
 :func:`load_config`; every problem is reported at once, by its dotted name.
@@ -51,6 +51,8 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("constant", "stepwise", "cosine")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 COMPRESSIONS = ("auto", "gzip", "none")
+# Compute precisions of the exported serving model (trainer/export.py; its PRECISIONS must list the same).
+SERVING_PRECISIONS = ("float32", "bfloat16")
 INIT_CHECKPOINT_MODULES = ("backbone", "all")
 # Model Garden's FPN reads backbone levels up to 5 and adds coarser ones itself; level 1 is not produced.
 MIN_FPN_LEVEL, MAX_FPN_LEVEL = 2, 7
@@ -192,6 +194,21 @@ class RuntimeConfig(hyperparams.Config):
 
 
 @dataclasses.dataclass
+class ExportConfig(hyperparams.Config):
+    """The serving SavedModel written after training (see trainer/export.py). Neither knob changes the
+    signatures or the output dtypes; both only change how the served network computes."""
+
+    # "float32", or "bfloat16": the backbone, FPN and the heads' hidden layers compute in bfloat16 (weights
+    # stay float32; the heads' final predictions, box decoding, NMS and RoI cropping stay float32). Faster
+    # where the hardware has bfloat16 arithmetic (CPUs with AVX512-BF16 or AMX, Ampere+ GPUs, TPUs), slower
+    # where it is emulated. Independent of train.mixed_precision.
+    precision: str = "float32"
+    # XLA-compiles the served network (preprocessing stays outside); meant for GPUs and TPUs; on CPUs oneDNN's
+    # convolutions are faster than XLA's.
+    jit_compile: bool = False
+
+
+@dataclasses.dataclass
 class TrainerConfig(hyperparams.Config):
     """The whole Trainer configuration (what ``custom_config`` of the TFX Trainer holds)."""
 
@@ -201,6 +218,7 @@ class TrainerConfig(hyperparams.Config):
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+    export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
 # pylint: enable=missing-class-docstring
 
 
@@ -466,6 +484,8 @@ def validate_config(config: TrainerConfig) -> None:
         need(r.all_reduce_alg in allowed_reduce[r.strategy],
              f"runtime.all_reduce_alg {r.all_reduce_alg!r} is not one of "
              f"{', '.join(repr(a) for a in allowed_reduce[r.strategy])} for {r.strategy}")
+
+    one_of("export.precision", config.export.precision, SERVING_PRECISIONS)
     if problems:
         raise ConfigError("invalid trainer configuration:\n  - " + "\n  - ".join(problems))
 
@@ -625,8 +645,8 @@ def clone(config: TrainerConfig) -> TrainerConfig:
 
 
 __all__ = [
-    "BACKBONES", "ConfigError", "DataConfig", "LearningRateConfig", "ModelConfig", "OptimizerConfig",
-    "RuntimeConfig", "TrainConfig", "TrainerConfig", "check_replicas", "clone", "config_to_yaml",
-    "learning_rate_values", "load_config", "override_config", "preset_names", "preset_path",
-    "to_experiment_config", "validate_config",
+    "BACKBONES", "ConfigError", "DataConfig", "ExportConfig", "LearningRateConfig", "ModelConfig",
+    "OptimizerConfig", "RuntimeConfig", "SERVING_PRECISIONS", "TrainConfig", "TrainerConfig", "check_replicas",
+    "clone", "config_to_yaml", "learning_rate_values", "load_config", "override_config", "preset_names",
+    "preset_path", "to_experiment_config", "validate_config",
 ]

@@ -350,7 +350,7 @@ def export_serving_model(model: tf_keras.Model, config: Union[TrainerConfig, cfg
                          label_map: label_map_lib.LabelMap, serving_model_dir: str, *,
                          tf_transform_output: Optional["tft.TFTransformOutput"] = None,
                          warmup_images: Optional[Sequence[bytes]] = None,
-                         precision: str = "float32", jit_compile: bool = False) -> str:
+                         precision: Optional[str] = None, jit_compile: Optional[bool] = None) -> str:
     """Exports ``model`` as a SavedModel in ``serving_model_dir`` (no version folder); returns the folder.
 
     Follows Model Garden's own export recipe: the weights go through a checkpoint into a fresh inference
@@ -369,7 +369,8 @@ def export_serving_model(model: tf_keras.Model, config: Union[TrainerConfig, cfg
         statistics inside the signatures. Without it the model uses ImageNet's (Model Garden's default).
       warmup_images: encoded JPEG/PNG images for the TF Serving warm-up requests (default: two small
         synthetic ones).
-      precision: ``"float32"`` (default) or ``"bfloat16"``: the backbone, FPN and the heads' hidden layers
+      precision: ``"float32"`` or ``"bfloat16"``; None (default) takes the TrainerConfig's ``export.precision``
+        (float32 for a Model Garden ExperimentConfig). bfloat16: the backbone, FPN and the heads' hidden layers
         compute in bfloat16 (weights stay float32 in the SavedModel), the heads' final predictions and all
         box decoding, NMS and RoI cropping in float32. Signatures and output dtypes are unchanged. Worth it
         where the hardware has bfloat16 arithmetic (CPUs with AVX512-BF16 or AMX through oneDNN, which
@@ -379,13 +380,19 @@ def export_serving_model(model: tf_keras.Model, config: Union[TrainerConfig, cfg
         probabilities within 5e-3 on average. Where the CPU lacks bfloat16 arithmetic it is emulated and
         slower than float32.
       jit_compile: XLA-compiles the network (preprocessing stays outside), recompiled for each new batch size
-        at its first request. Off by default: on CPU, XLA's convolutions are slower than oneDNN's (0.8x the
+        at its first request; None (default) takes the TrainerConfig's ``export.jit_compile`` (off for an
+        ExperimentConfig). Off in every preset: on CPU, XLA's convolutions are slower than oneDNN's (0.8x the
         float32 export's speed in the benchmark above); meant for GPUs and TPUs.
 
     Raises:
       ValueError: the model has no mask head or its class count does not fit the label map.
       AssertionError: a weight of the inference copy found no value in the trained model.
     """
+    export_config = config.export if isinstance(config, TrainerConfig) else None
+    if precision is None:
+        precision = export_config.precision if export_config else "float32"
+    if jit_compile is None:
+        jit_compile = export_config.jit_compile if export_config else False
     # A copy: Model Garden's module may adjust the params (e.g. the NMS version) it builds from.
     params = experiment_config_of(config, label_map).replace()
     _check_compatible(params, label_map)

@@ -12,7 +12,8 @@ Use it as the Trainer's ``module_file`` (or ``run_fn="trainer.task.run_fn"``)::
                        "train": {"batch_size": 8}})
 
 ``custom_config`` is the Trainer configuration as a dict (see :mod:`trainer.config`), optionally naming the
-preset it starts from under ``"preset"``. Keys of TFX's Google Cloud extensions (``ai_platform_*``) are
+preset it starts from under ``"preset"``; its ``export`` section sets the serving model's precision (e.g.
+``{"export": {"precision": "bfloat16"}}``). Keys of TFX's Google Cloud extensions (``ai_platform_*``) are
 ignored. ``TrainArgs.num_steps`` / ``EvalArgs.num_steps``, when set, override ``train.train_steps`` /
 ``train.eval_steps`` (EvalArgs' -1: the whole eval split).
 """

@@ -231,14 +231,16 @@ def train(config: Union[config_lib.TrainerConfig, Mapping[str, Any], str], train
 
 def export(result: TrainResult, config: config_lib.TrainerConfig, label_map: LabelMap, serving_dir: str, *,
            tf_transform_output: Any = None, strategy: Optional[tf.distribute.Strategy] = None) -> str:
-    """Writes the serving model (the export helper's ``trainer.export``); non-chief workers write a scratch copy."""
+    """Writes the serving model (``trainer.export``, in ``config.export``'s precision); non-chief workers write a
+    scratch copy."""
     from trainer import export as export_lib  # pylint: disable=g-import-not-at-top  (heavy; only at the end)
 
     chief = strategy_lib.is_chief(strategy)
     target = serving_dir if chief else tempfile.mkdtemp(prefix="maskrcnn_tfx_export_")
     try:
         export_lib.export_serving_model(result.model, config, label_map, target,
-                                        tf_transform_output=tf_transform_output)
+                                        tf_transform_output=tf_transform_output,
+                                        precision=config.export.precision, jit_compile=config.export.jit_compile)
     finally:
         if not chief:
             shutil.rmtree(target, ignore_errors=True)
