@@ -1,8 +1,9 @@
 """The Trainer's one typed configuration, and its mapping onto Model Garden's ``ExperimentConfig``.
 
 Everything a user can tune about training, and the serving export's precision, lives in :class:`TrainerConfig`,
-a Model Garden ``hyperparams.Config`` dataclass. A configuration is built from a preset (data: ``trainer/presets/<name>.yaml``) and overrides (a dict
-such as the TFX Trainer's ``custom_config``, or more YAML), and validated once, where it enters, by
+a Model Garden ``hyperparams.Config`` dataclass. A configuration is built from a preset (data:
+``trainer/presets/<name>.yaml``) and overrides (a dict such as the TFX Trainer's ``custom_config``, or more
+YAML), and validated once, where it enters, by
 :func:`load_config`; every problem is reported at once, by its dotted name.
 
 The model itself is not described here: :func:`to_experiment_config` maps these knobs onto Model Garden's own
