@@ -16,6 +16,7 @@ from tensorflow_serving.apis import model_service_pb2_grpc
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
+from maskrcnn_tfx import signature as sig
 from serving.model_store import ServingError
 from serving.predictor import Predictor
 
@@ -54,7 +55,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             response = predict_pb2.PredictResponse()
             response.model_spec.name = loaded.model_name
             response.model_spec.version.value = loaded.version
-            response.model_spec.signature_name = signature_name or "serving_default"
+            response.model_spec.signature_name = signature_name or sig.SERVING_SIGNATURE
             for name, value in outputs.items():
                 response.outputs[name].CopyFrom(tf.make_tensor_proto(value))
             return response

@@ -4,8 +4,8 @@ folders (``BASE/<integer version>/``), in Python, for machines without ``tensorf
 It serves the highest complete version (or what the version policy says), picks up versions the Pusher adds
 while it runs, and keeps serving the loaded ones when a new one fails to load (see
 :mod:`serving.model_store`). It binds 127.0.0.1 unless told otherwise, refuses request bodies above a limit,
-and bounds its threads and concurrent model calls. Production runs TF Serving itself (``serving/README`` in
-the project's README); the clients cannot tell the two apart.
+and bounds its threads and concurrent model calls. Production runs TF Serving itself (the README's
+"Serving" section: Docker Compose, Kubernetes); the clients cannot tell the two apart.
 """
 from __future__ import annotations
 
