@@ -176,6 +176,7 @@ class ModelStore:
         self._loaded: Dict[int, LoadedVersion] = {}
         self._failed: Dict[int, Tuple[tuple, str]] = {}  # version -> (fingerprint that failed, message)
         self._seen: Dict[int, tuple] = {}  # version -> fingerprint at the previous poll
+        self._base_missing = False
 
     @property
     def name(self) -> str:
@@ -187,8 +188,12 @@ class ModelStore:
         try:
             names = os.listdir(base)
         except FileNotFoundError:
-            log.warning("model %s: base path %s does not exist (yet)", self.name, base)
+            if not self._base_missing:  # said once, not at every poll
+                log.warning("model %s: base path %s does not exist (yet)", self.name, base)
+            self._base_missing = True
+            self._seen = {}
             return {}
+        self._base_missing = False
         ready, seen = {}, {}
         now = time.time()
         for name in names:
