@@ -45,6 +45,8 @@ setup(
         # The report: pages (Jinja2) and charts (matplotlib).
         "jinja2",
         "matplotlib",
+        # The local server's REST responses (numpy arrays to JSON); TFX depends on it too.
+        "orjson",
     ],
     # The report's tests drive Chromium over its DevTools websocket and execute the notebook.
     extras_require={"test": ["pytest", "websocket-client", "nbclient", "nbformat", "ipykernel"]},
