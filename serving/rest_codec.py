@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -159,25 +160,37 @@ def _jsonable(array: np.ndarray) -> Any:
     return array.tolist()
 
 
+def _serializable(array: np.ndarray) -> Any:
+    """What orjson writes for an output: numeric arrays as they are (in their own precision: float32 values in
+    their shortest float32 form, as TF Serving writes them), strings as b64 objects."""
+    if array.dtype == object or array.dtype.kind == "S":
+        return _jsonable(array)
+    return np.ascontiguousarray(array)
+
+
 def encode_outputs(outputs: Mapping[str, np.ndarray], form: str) -> bytes:
     """The response body of a ``:predict`` request in the request's format."""
+    # orjson (a dependency of TFX) writes numpy arrays ~30x faster than json: the masks are most of a response.
+    import orjson  # pylint: disable=import-outside-toplevel
+
+    dumps = functools.partial(orjson.dumps, option=orjson.OPT_SERIALIZE_NUMPY)
     names = sorted(outputs)
     if form == "column":
-        body: Any = {name: _jsonable(outputs[name]) for name in names}
+        body: Any = {name: _serializable(outputs[name]) for name in names}
         if len(names) == 1:
             body = body[names[0]]
-        return json.dumps({"outputs": body}, separators=(",", ":")).encode("utf-8")
+        return dumps({"outputs": body})
     sizes = {name: (outputs[name].shape[0] if outputs[name].ndim else None) for name in names}
     if len(set(sizes.values())) != 1 or None in sizes.values():
         raise invalid_argument(f"the outputs have different batch sizes {sizes}: use the column ('inputs') "
                                f"format")
-    columns = {name: _jsonable(outputs[name]) for name in names}
+    columns = {name: _serializable(outputs[name]) for name in names}
     batch = next(iter(sizes.values()))
     if len(names) == 1:
-        predictions: List[Any] = columns[names[0]]
+        predictions: Any = columns[names[0]]
     else:
         predictions = [{name: columns[name][i] for name in names} for i in range(batch)]
-    return json.dumps({"predictions": predictions}, separators=(",", ":")).encode("utf-8")
+    return dumps({"predictions": predictions})
 
 
 def decode_predictions(body: Mapping[str, Any], output_names: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
