@@ -28,6 +28,8 @@ RUNS_FOLDER = "runs"
 PAGE = "index.html"
 FACTS = "report.json"
 DEFAULT_GALLERY_SIZE = 6
+# Model Garden's COCO evaluation scalars drawn in the training chart (-1: undefined, left out).
+COCO_CURVES = ("AP", "AP50", "AP75", "mask_AP", "mask_AP50", "mask_AP75")
 T = TypeVar("T")
 
 
@@ -97,9 +99,7 @@ def _evaluation_part(run: Run, runs: Sequence[Run], page_dir: str, problems: _Pr
 
     evaluator = run.executions.get(runs_lib.EVALUATOR)
     if evaluator is None:
-        stopped = ", ".join(run.failed_components)
-        return None, (f"The Evaluator did not run: the run stopped at {stopped}." if stopped else
-                      "The Evaluator did not run in this run.")
+        return None, _not_run("The Evaluator", run)
     if not run.eval_uri:
         return None, f"The Evaluator's execution is {evaluator.state} and recorded no evaluation."
     result = problems.attempt(f"the evaluation {run.eval_uri}", lambda: evaluation_lib.load(run.eval_uri))
@@ -135,6 +135,15 @@ def _evaluation_part(run: Run, runs: Sequence[Run], page_dir: str, problems: _Pr
     return context, ""
 
 
+def _not_run(component: str, run: Run) -> str:
+    """Why a component has nothing to show in this run."""
+    if run.failed_components:
+        return f"{component} did not run: the run stopped at {', '.join(run.failed_components)}."
+    if run.state == runs_lib.RUNNING:
+        return f"{component} has not run yet: the run is still going (build the report again when it ends)."
+    return f"{component} did not run in this run."
+
+
 def _headline(run: Run, evaluation: Optional[Dict[str, Any]]) -> List[Dict[str, Any]]:
     cards = []
     for metric, label in (("mask_ap", "mask AP"), ("box_ap", "box AP"), ("mask_ap50", "mask AP50"),
@@ -161,17 +170,24 @@ def training_panels(scalars: Dict[str, Dict[str, List[Tuple[int, float]]]]
         if rates:
             panels.append((f"{folder}: learning rate", {t: series[t] for t in rates}))
         rest = [t for t in series if t not in losses and t not in rates]
+        # Of the evaluation's COCO numbers only the main ones are drawn; the table lists every scalar.
+        coco = [t for t in rest if t in COCO_CURVES]
+        rest = coco or [t for t in rest if not t.startswith(("AP", "AR", "mask_AP", "mask_AR"))]
         if rest:
-            panels.append((f"{folder}: metrics", {t: series[t] for t in rest}))
+            panels.append((f"{folder}: metrics", {t: [(s, v) for s, v in series[t] if v >= 0 or t not in coco]
+                                                 for t in rest}))
     return panels
 
 
-def _training_part(run: Run, page_dir: str, problems: _Problems) -> Tuple[Optional[Dict[str, Any]], str]:
+def _training_part(run: Run, runs: Sequence[Run], page_dir: str, problems: _Problems
+                   ) -> Tuple[Optional[Dict[str, Any]], str]:
     from maskrcnn_tfx.report import charts, training  # pylint: disable=g-import-not-at-top
 
+    trainer = run.executions.get(runs_lib.TRAINER)
+    if trainer is None:
+        return None, _not_run("The Trainer", run)
     if not run.model_run_uri:
-        return None, ("The Trainer did not run in this run." if runs_lib.TRAINER not in run.executions else
-                      f"The Trainer's execution is {run.executions[runs_lib.TRAINER].state} and recorded no logs.")
+        return None, f"The Trainer's execution is {trainer.state} and recorded no logs."
     logs = problems.attempt(f"the training logs in {run.model_run_uri}", lambda: training.load(run.model_run_uri))
     if logs is None:
         return None, "The training logs could not be read (see above)."
@@ -181,7 +197,10 @@ def _training_part(run: Run, page_dir: str, problems: _Problems) -> Tuple[Option
         training_panels(logs.scalars), os.path.join(page_dir, "training.svg")))
     last = [{"folder": folder, "tag": tag, "step": points[-1][0], "value": points[-1][1]}
             for folder, series in logs.scalars.items() for tag, points in series.items() if points]
-    return {"chart": "training.svg" if chart else "", "last": last, "uri": logs.model_run_uri}, ""
+    trained_in = _trainer_of(runs, run.model_uri) if trainer.state == "CACHED" else None
+    return {"chart": "training.svg" if chart else "", "last": last, "uri": logs.model_run_uri,
+            "cached_from": ({"number": trained_in.number, "href": _run_href(trained_in, True)}
+                            if trained_in is not None and trained_in is not run else None)}, ""
 
 
 def _data_part(run: Run, page_dir: str, problems: _Problems) -> Dict[str, Any]:
@@ -201,7 +220,8 @@ def _data_part(run: Run, page_dir: str, problems: _Problems) -> Dict[str, Any]:
                 counts, os.path.join(page_dir, "class_counts.svg"))):
             part["class_chart"] = "class_counts.svg"
     else:
-        part["statistics_absent"] = "StatisticsGen did not run (or recorded no statistics) in this run."
+        part["statistics_absent"] = (_not_run("StatisticsGen", run) if runs_lib.STATISTICS_GEN not in run.executions
+                                     else "StatisticsGen recorded no statistics in this run.")
     if run.schema_anomalies_uri:
         anomalies = problems.attempt(f"the schema anomalies {run.schema_anomalies_uri}",
                                      lambda: data.load_schema_anomalies(run.schema_anomalies_uri))
@@ -210,7 +230,9 @@ def _data_part(run: Run, page_dir: str, problems: _Problems) -> Dict[str, Any]:
         if anomalies is None:
             part["schema_anomalies_absent"] = "The schema anomalies could not be read (see above)."
     else:
-        part["schema_anomalies_absent"] = "ExampleValidator did not run (or recorded no anomalies) in this run."
+        part["schema_anomalies_absent"] = (
+            _not_run("ExampleValidator", run) if runs_lib.EXAMPLE_VALIDATOR not in run.executions
+            else "ExampleValidator recorded no anomalies artifact in this run.")
     uri = run.annotation_reports_uri
     part["annotation_uri"] = uri
     execution = run.executions.get(runs_lib.ANNOTATION_VALIDATOR)
@@ -219,7 +241,7 @@ def _data_part(run: Run, page_dir: str, problems: _Problems) -> Dict[str, Any]:
         part["annotation"] = problems.attempt(f"the annotation reports {uri}",
                                               lambda: data.load_annotation_reports(uri)) or {}
     if not part["annotation"]:
-        part["annotation_absent"] = ("The AnnotationValidator did not run in this run." if execution is None else
+        part["annotation_absent"] = (_not_run("The AnnotationValidator", run) if execution is None else
                                      f"The AnnotationValidator's execution is {execution.state}; no report of it "
                                      f"was found.")
     return part
@@ -230,7 +252,8 @@ def _gallery_part(run: Run, page_dir: str, problems: _Problems, size: int, score
     if size <= 0:
         return None, "No gallery was asked for (--gallery-size 0)."
     if not run.model_uri:
-        return None, "The run has no trained model to show."
+        return None, (_not_run("The Trainer", run) if runs_lib.TRAINER not in run.executions else
+                      "The run has no trained model to show.")
     if not run.eval_examples_uri:
         return None, "The run has no examples to show."
 
@@ -287,7 +310,7 @@ def build_run_page(config, run: Run, runs: Sequence[Run], output_dir: str, *,
     os.makedirs(page_dir)
     problems = _Problems()
     evaluation, evaluation_absent = _evaluation_part(run, runs, page_dir, problems)
-    training, training_absent = _training_part(run, page_dir, problems)
+    training, training_absent = _training_part(run, runs, page_dir, problems)
     data = _data_part(run, page_dir, problems)
     gallery, gallery_absent = _gallery_part(run, page_dir, problems, gallery_size, score_threshold)
     context = {

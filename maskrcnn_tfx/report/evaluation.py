@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -294,9 +293,9 @@ def load(eval_uri: str) -> Evaluation:
             for failure in per_slice.failures:
                 messages.append(failure.message)
         if validation.missing_thresholds:
-            messages.append("no threshold was left to check (TFMA's missing_thresholds): TFMA blesses no model "
-                            "without one, unless it is the first model and rubber-stamped; set a lower bound "
-                            "(min_mask_ap / min_box_ap)")
+            messages.append("no threshold applied (TFMA's missing_thresholds), and TFX blesses no model without one; "
+                            "without a baseline the change thresholds are dropped, so a first model needs a lower "
+                            "bound (evaluation min_mask_ap / min_box_ap, `run --min-mask-ap`)")
         for spec in validation.missing_slices:
             messages.append(f"a thresholded slice has no examples: {_slicing_text([spec])}")
         if validation.rubber_stamp:
@@ -343,7 +342,3 @@ def slice_rows(evaluation: Evaluation, metric_names: Sequence[str] = ("mask_ap",
         rows.append({"name": slice_metrics.name, "values": values, "changes": changes,
                      "overall": slice_metrics.is_overall})
     return rows
-
-
-def is_number(value: Optional[float]) -> bool:
-    return value is not None and not math.isnan(value)
