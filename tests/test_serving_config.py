@@ -156,3 +156,39 @@ def test_kubernetes_manifests_fit_together_and_the_config():
     assert volumes[mounts[model.base_path]]["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
     assert volumes[mounts[mc.CONTAINER_CONFIG_DIR]]["configMap"]["name"] == configmap["metadata"]["name"]
     assert pvc["kind"] == "PersistentVolumeClaim" and service["kind"] == "Service"
+
+
+def test_serve_reads_the_same_models_config(tmp_path):
+    from serving import serve_cli
+
+    models = [mc.ServedModel("maskrcnn", str(tmp_path / "base"), mc.VersionPolicy("latest", num_versions=2),
+                             {"stable": 5})]
+    path = mc.write_model_config(str(tmp_path / "models.config"), models)
+    parser = cli.build_parser(["serve"])
+    assert serve_cli._models(parser.parse_args(["serve", "--model-config-file", path])) == models
+    from_flags = serve_cli._models(parser.parse_args(
+        ["serve", "--model-base-path", str(tmp_path / "base"), "--num-versions", "2", "--version-label",
+         "stable=5"]))
+    assert from_flags == models
+    with pytest.raises(mc.ModelConfigError, match="not LABEL=VERSION"):
+        serve_cli._models(parser.parse_args(["serve", "--model-base-path", "x", "--version-label", "stable"]))
+
+
+def test_help_and_the_rest_client_load_no_tensorflow():
+    """The commands answer --help, and a REST client runs, without TensorFlow (seconds saved, and a client
+    machine needs no TensorFlow for REST)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from maskrcnn_tfx import cli\n"
+            "for command in ('serve', 'predict', 'serving-config'):\n"
+            "    try:\n"
+            "        cli.main([command, '--help'])\n"
+            "    except SystemExit:\n"
+            "        pass\n"
+            "import serving.client, serving.detections, serving.rest_codec\n"
+            "serving.client.connect('http://127.0.0.1:1')\n"
+            "print('loaded:', sorted(m for m in ('tensorflow', 'grpc') if m in sys.modules))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert result.stdout.strip().endswith("loaded: []"), result.stdout[-500:]
