@@ -1,4 +1,7 @@
-"""The pipeline configuration, the Beam runner end to end, the Kubeflow V2 compilation and the Dockerfile."""
+"""The pipeline configuration, the Beam runner end to end, the Kubeflow V2 compilation and the Dockerfile.
+
+The Beam runner's end-to-end run is the span-2 run of the session's pipeline runs (tests/_pipeline_runs.py).
+"""
 import json
 import os
 import re
@@ -147,23 +150,19 @@ def test_beam_args_reach_every_beam_component(tmp_path, shapes_data):
 
 
 @pytest.mark.slow
-def test_beam_runner_end_to_end(tmp_path, shapes_data):
-    from pipelines import beam_runner, outputs  # pylint: disable=g-import-not-at-top
-    from pipelines.config import PipelineConfig  # pylint: disable=g-import-not-at-top
-
-    config = PipelineConfig.from_dict({
-        "pipeline_name": "maskrcnn-beam-test", "pipeline_root": str(tmp_path / "root"),
-        "data": {"root": shapes_data},
-        "trainer": {"train_steps": 2, "eval_steps": 1, "overrides": {"train": {"batch_size": 2,
-                                                                              "eval_batch_size": 2}}},
-        "evaluation": {"min_mask_ap": 0.0, "min_box_ap": 0.0, "box_num_thresholds": 50}})
-    beam_runner.run(config)
-    summary = outputs.summarize_run(config.replace(runner="beam").validate())
-    assert summary is not None
+def test_beam_runner_end_to_end(local_pipeline):
+    """The session's span-2 run (tests/_pipeline_runs.py) is the Beam runner's: every component executes."""
+    run = local_pipeline.runs["span2"]
+    assert run.config.runner == "beam"
+    assert "--direct_running_mode=multi_processing" in run.config.resolved_beam_args
+    summary = run.summary
+    assert set(summary.executions) >= {"ImportExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator",
+                                       "AnomaliesGate", "AnnotationValidator", "Transform", "Trainer",
+                                       "Evaluator", "Pusher"}
     assert {e.state for e in summary.executions.values()} == {"COMPLETE"}, summary.lines()
     assert summary.blessed and summary.pushed
     assert os.path.isfile(os.path.join(summary.pushed_model_path, "saved_model.pb"))
-    assert summary.pushed_version.isdigit()
+    assert summary.pushed_version.isdigit() and summary.pushed_version == run.versions[-1]
 
 
 # ---------------------------------------------------------------------------------------------------------
