@@ -157,7 +157,7 @@ def test_index_lists_every_run_with_headline_metrics_and_blessing(report, local_
         assert row["pushed"] == (run.summary.pushed_version or "—")
     span2 = local_pipeline.runs["span2"].summary
     change = span2.metrics["mask_ap"] - span2.baseline_metrics["mask_ap"]
-    assert by_id[span2.run_id]["change in mask AP"] == f"{change:+.3f}"
+    assert by_id[span2.run_id]["change in mask AP"] == (f"{change:+.3f}" if round(change, 3) else "±0.000")
     # Newest first, each linking to its page.
     assert [row[header.index("#")] for row in rows] == ["3", "2", "1"]
     run_links = [link for link in page.links if link.startswith("runs/")]
@@ -312,6 +312,7 @@ def test_number_formats():
 
     assert report_html.number(0.12345) == "0.123" and report_html.number(float("nan")) == "—"
     assert report_html.number(None) == "—" and report_html.signed(0.05) == "+0.050"
+    assert report_html.signed(-0.0004) == "±0.000" and report_html.trend(-0.0004) == ""
     assert report_html.trend(-0.1) == "down" and report_html.trend(0.0) == "" and report_html.trend(None) == ""
 
 

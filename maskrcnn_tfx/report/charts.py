@@ -78,7 +78,7 @@ def per_class_ap(class_names: Sequence[str], values: Dict[str, Dict[str, Optiona
     ax.set_yticks(positions, list(class_names) or ["(no classes)"])
     ax.set_xlim(0, 1.08)
     ax.set_xlabel("AP at IoU .50:.95")
-    ax.legend(loc="lower right", fontsize=8, frameon=False)
+    figure.legend(loc="outside upper center", ncol=3, fontsize=8, frameon=False)
     _style(ax)
     return _save(figure, path)
 
@@ -165,8 +165,10 @@ def runs_history(runs: List[Dict[str, object]], path: str) -> str:
     ax.set_xticks(x, [str(r["label"]) for r in runs], rotation=30 if len(runs) > 8 else 0, fontsize=8)
     ax.set_xlabel("run")
     ax.set_ylabel("AP at IoU .50:.95")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=8, frameon=False, ncol=4, loc="upper left")
+    # AP is in [0, 1]; a low-scoring history gets a closer axis so that its changes show.
+    shown = [float(r[k]) for r in runs for k in ("mask_ap", "box_ap") if _finite(r.get(k))]  # type: ignore[arg-type]
+    ax.set_ylim(0, min(1.0, max(0.05, 1.15 * max(shown, default=1.0))))
+    figure.legend(loc="outside upper center", fontsize=8, frameon=False, ncol=4)
     _style(ax)
     return _save(figure, path)
 

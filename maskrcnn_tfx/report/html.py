@@ -17,15 +17,22 @@ def number(value: Optional[float], digits: int = 3) -> str:
     return f"{float(value):.{digits}f}"
 
 
+def _rounds_to_zero(value: float, digits: int) -> bool:
+    return round(float(value), digits) == 0
+
+
 def signed(value: Optional[float], digits: int = 3) -> str:
+    """A change with its sign; one that rounds to zero is '±0.000' (not a red '-0.000')."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return MISSING
+    if _rounds_to_zero(value, digits):
+        return f"±{0:.{digits}f}"
     return f"{float(value):+.{digits}f}"
 
 
-def trend(value: Optional[float]) -> str:
-    """The CSS class of a change: 'up', 'down' or ''."""
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value == 0:
+def trend(value: Optional[float], digits: int = 3) -> str:
+    """The CSS class of a change: 'up', 'down' or '' (none, or too small to show)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or _rounds_to_zero(value, digits):
         return ""
     return "up" if value > 0 else "down"
 
