@@ -84,6 +84,19 @@ def read_scalars_of(event_file: str) -> Dict[str, List[Tuple[int, float]]]:
     return scalars
 
 
+def saved_model_op_dtypes(serving_dir: str, op_type: str) -> set:
+    """The dtypes (attr ``T``) of every ``op_type`` node (e.g. "Conv2D") in a SavedModel's functions."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
+
+    saved = saved_model_pb2.SavedModel()
+    with open(os.path.join(serving_dir, "saved_model.pb"), "rb") as f:
+        saved.ParseFromString(f.read())
+    return {tf.dtypes.as_dtype(node.attr["T"].type).name
+            for graph in saved.meta_graphs for function in graph.graph_def.library.function
+            for node in function.node_def if node.op == op_type}
+
+
 def checkpoint_steps(model_dir: str) -> List[int]:
     """Steps of the checkpoints in ``model_dir`` (from their index files), sorted."""
     steps = []

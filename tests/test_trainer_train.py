@@ -1,7 +1,7 @@
 """Training through the TFX Trainer entry point (run_fn) on a small shapes set, in this process.
 
-One short run (4 steps of the tiny preset, batch 2, evaluation at the end, export) is shared by the tests;
-the warm-start tests then load its outputs.
+One short run (4 steps of the tiny preset, batch 2, evaluation at the end, bfloat16 export) is shared by the
+tests; the warm-start tests then load its outputs.
 """
 import math
 import os
@@ -38,7 +38,9 @@ def run(data, tmp_path_factory):
     fn_args = FnArgs(
         train_files=[data.train], eval_files=[data.eval],
         # The whole eval split (4 images, 2 batches), once at the end.
-        custom_config=helpers.quick_overrides(data, train_steps=1000, eval_steps=-1),
+        # The serving precision comes from custom_config too: bfloat16 here, so the test sees it reach the export.
+        custom_config={**helpers.quick_overrides(data, train_steps=1000, eval_steps=-1),
+                       "export": {"precision": "bfloat16"}},
         transform_output=None, train_steps=TRAIN_STEPS, eval_steps=None,
         model_run_dir=str(root / "model_run"), serving_model_dir=str(root / "serving"), base_model=None)
     task_lib.run_fn(fn_args)
@@ -75,9 +77,48 @@ def test_tensorboard_has_every_loss_the_learning_rate_and_eval_metrics(run):
         assert -1.0 <= validation[tag][0][1] <= 1.0
 
 
-def test_serving_model_is_exported(run):
+def test_serving_model_is_exported_in_the_configured_precision(run):
     assert os.path.exists(os.path.join(run.serving_model_dir, "saved_model.pb"))
     assert os.path.exists(os.path.join(run.serving_model_dir, "variables", "variables.index"))
+    # custom_config's export.precision reached the export: the served convolutions compute in bfloat16.
+    assert "bfloat16" in helpers.saved_model_op_dtypes(run.serving_model_dir, "Conv2D")
+
+
+def test_trained_export_answers_both_signatures_on_jpeg_and_png(run, data):
+    """The model run_fn trained and exported, reloaded: real shapes images as PNG and JPEG bytes, and as
+    tf.Examples; every output's shape, dtype and range."""
+    from maskrcnn_tfx import example_format as ef  # pylint: disable=g-import-not-at-top
+    from trainer import export as export_lib  # pylint: disable=g-import-not-at-top
+
+    serialized = [r.numpy() for r in tf.data.TFRecordDataset(tf.io.gfile.glob(data.eval))][:2]
+    png = ef.from_tf_example(serialized[0]).encoded
+    assert png.startswith(b"\x89PNG")
+    jpeg = tf.io.encode_jpeg(tf.io.decode_png(ef.from_tf_example(serialized[1]).encoded, channels=3)).numpy()
+    loaded = tf.saved_model.load(run.serving_model_dir)
+    by_images = loaded.signatures[export_lib.SERVING_SIGNATURE](**{export_lib.IMAGES_INPUT: tf.constant([png, jpeg])})
+    by_examples = loaded.signatures[export_lib.TF_EXAMPLE_SIGNATURE](
+        **{export_lib.EXAMPLES_INPUT: tf.constant(serialized)})
+    label_ids = set(LabelMap.load(data.label_map).ids)
+    max_detections = config_lib.load_config(overrides=run.custom_config).model.max_num_detections
+    for outputs in (by_images, by_examples):
+        assert set(outputs) == set(export_lib.OUTPUT_KEYS)
+        out = {k: v.numpy() for k, v in outputs.items()}
+        assert out["detection_boxes"].shape == (2, max_detections, 4) and out["detection_boxes"].dtype == np.float32
+        assert out["detection_scores"].shape == (2, max_detections) and out["detection_scores"].dtype == np.float32
+        assert out["detection_classes"].dtype == np.int32 and out["num_detections"].dtype == np.int32
+        masks = out["detection_masks"]
+        assert masks.shape[:2] == (2, max_detections) and masks.shape[2] == masks.shape[3] and masks.dtype == np.float32
+        np.testing.assert_array_equal(out["image_size"], [[128, 128], [128, 128]])
+        for i in range(2):
+            n = int(out["num_detections"][i])
+            assert 0 <= n <= max_detections
+            assert np.all((out["detection_boxes"][i, :n] >= 0) & (out["detection_boxes"][i, :n] <= 1))
+            assert np.all((out["detection_scores"][i, :n] >= 0) & (out["detection_scores"][i, :n] <= 1))
+            assert set(out["detection_classes"][i, :n].tolist()) <= label_ids
+            assert np.all((masks[i, :n] >= 0) & (masks[i, :n] <= 1))
+    # The tf.Example path reads the same PNG as the image path's first image.
+    np.testing.assert_allclose(by_examples["detection_scores"].numpy()[0], by_images["detection_scores"].numpy()[0],
+                               atol=1e-5)
 
 
 @pytest.fixture(scope="module")
