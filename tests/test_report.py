@@ -241,6 +241,9 @@ def test_not_blessed_run_names_the_threshold_that_failed(report, local_pipeline)
     outcomes = {(t["metric"], t["condition"]): t["outcome"] for t in facts["evaluation"]["thresholds"]}
     assert outcomes[("mask_ap", "at least 1")] == "failed"
     assert outcomes[("box_ap", "at least 0")] == "passed"
+    # Its Trainer was cached: the training curves are those of the first run's model, which the page names.
+    first_slug = os.path.basename(os.path.dirname(report.pages["first"]))
+    assert facts["training"]["cached_from"] == {"number": 1, "href": f"../{first_slug}/index.html"}
     with open(report.pages["strict"], encoding="utf-8") as f:
         text = f.read()
     assert "Failed:" in text and "<code>mask_ap</code> at least 1" in text
