@@ -84,8 +84,11 @@ class TrainerSettings:
 class EvaluationConfig:
     """Blessing thresholds of the Evaluator (on the overall slice) and the cost of TFMA's box AP."""
 
-    min_mask_ap: Optional[float] = None
-    min_box_ap: Optional[float] = None
+    # Lower bounds on the overall AP. 0.0 blesses any model whose AP is defined; None drops the bound, and TFX's
+    # Evaluator blesses nothing without any threshold (so a first run, which has no baseline yet, is never
+    # blessed or pushed when both bounds are None).
+    min_mask_ap: Optional[float] = 0.0
+    min_box_ap: Optional[float] = 0.0
     # Against the latest blessed model (when there is one): the candidate's AP may be at most this lower.
     max_ap_drop: Optional[float] = 0.0
     # "tfma": TFMA's COCOMeanAveragePrecision (pipelines.metrics.BoxMeanAveragePrecision, which also works with

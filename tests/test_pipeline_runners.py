@@ -119,6 +119,29 @@ def test_factory_wires_every_component(tmp_path, shapes_data):
     assert {s["name"]: s["hash_buckets"] for s in output_config["split_config"]["splits"]} == {"train": 3, "eval": 1}
 
 
+def test_default_thresholds_let_a_first_run_be_blessed(tmp_path, shapes_data):
+    """TFX's Evaluator validates (and so can bless) only when thresholds remain once the baseline's are dropped."""
+    import tensorflow_model_analysis as tfma  # pylint: disable=g-import-not-at-top
+    from tfx.utils import proto_utils  # pylint: disable=g-import-not-at-top
+
+    from pipelines.config import PipelineConfig  # pylint: disable=g-import-not-at-top
+    from pipelines.pipeline import create_pipeline  # pylint: disable=g-import-not-at-top
+
+    def first_run_thresholds(evaluation):
+        config = PipelineConfig.from_dict({"pipeline_root": str(tmp_path), "data": {"root": shapes_data},
+                                           "evaluation": evaluation})
+        evaluator = next(c for c in create_pipeline(config).components if c.id == "Evaluator")
+        eval_config = proto_utils.json_to_proto(evaluator.exec_properties["eval_config"], tfma.EvalConfig())
+        # What the Evaluator does on a first run (no blessed model to compare with).
+        eval_config = tfma.utils.update_eval_config_with_defaults(eval_config, has_baseline=False,
+                                                                  rubber_stamp=True)
+        return tfma.metrics.metric_thresholds_from_metrics_specs(eval_config.metrics_specs, eval_config=eval_config)
+
+    assert {key.name for key in first_run_thresholds({})} == {"mask_ap", "box_ap"}
+    # Without lower bounds only the change thresholds are left, which a first run drops: nothing would bless.
+    assert not first_run_thresholds({"min_mask_ap": None, "min_box_ap": None})
+
+
 def _beam_args_by_component(pipeline):
     from tfx.dsl.components.base import executor_spec  # pylint: disable=g-import-not-at-top
 
