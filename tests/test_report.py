@@ -378,6 +378,21 @@ def test_prediction_panel_pastes_masks_of_detections_above_the_threshold_only():
     assert (pixels[int(0.75 * 256), int(0.75 * 256)] == 100).all()  # the low-scoring one is not drawn
 
 
+def test_prediction_panel_draws_the_best_detections_only():
+    from maskrcnn_tfx.label_map import LabelMap
+    from maskrcnn_tfx.report import gallery
+
+    label_map = LabelMap.from_dict({1: "square"})
+    count = gallery.MAX_DRAWN + 5
+    scores = np.linspace(0.6, 0.99, count)  # ascending: the model's order is not relied on
+    outputs = {"num_detections": np.array(count), "detection_scores": scores, "detection_classes": np.ones(count),
+               "detection_boxes": np.tile([[0.1, 0.1, 0.5, 0.5]], (count, 1)),
+               "detection_masks": np.ones((count, 28, 28), np.float32)}
+    _, shown, num, _ = gallery.prediction_panel(_example(), outputs, label_map, score_threshold=0.5)
+    assert num == count and len(shown) == gallery.MAX_DRAWN
+    assert [d.score for d in shown] == sorted(scores, reverse=True)[:gallery.MAX_DRAWN]
+
+
 # --------------------------------------------------------------------------------------------------------------
 # A run stopped by the validators still gets its report
 # --------------------------------------------------------------------------------------------------------------

@@ -23,6 +23,8 @@ DEFAULT_SCORE_THRESHOLD = 0.5
 # Images are shown at least this large (small images are enlarged) and at most (large ones shrunk).
 MIN_SIDE, MAX_SIDE = 256, 512
 MASK_ALPHA = 0.45
+# At most this many detections (the highest-scoring) are drawn on one image: more would hide it.
+MAX_DRAWN = 20
 PALETTE = ((0, 114, 178), (230, 159, 0), (0, 158, 115), (204, 121, 167), (86, 180, 233), (213, 94, 0),
            (240, 228, 66), (120, 120, 120))
 
@@ -40,7 +42,7 @@ class GalleryItem:
     truth_image: str  # file name beside the page
     prediction_image: str
     ground_truth: List[str]  # class names ("(crowd)" marked)
-    shown: List[Detection]  # detections at or above the score threshold
+    shown: List[Detection]  # detections at or above the score threshold, at most MAX_DRAWN, best first
     num_detections: int  # all the model returned
     best_score: Optional[float]
 
@@ -142,6 +144,7 @@ def prediction_panel(example: ef.InstanceExample, outputs: dict, label_map: Labe
     box_masks = np.asarray(outputs["detection_masks"], np.float32)
     box_masks = box_masks.reshape((-1,) + box_masks.shape[-2:])[:num]
     keep = np.flatnonzero(scores >= score_threshold)
+    keep = keep[np.argsort(-scores[keep], kind="stable")][:MAX_DRAWN]
     image = _decode(example)
     height, width = image.shape[:2]
     full = masks_lib.paste_masks(box_masks[keep], boxes[keep], height, width)
