@@ -14,6 +14,8 @@ OUT ?= outputs
 # The real COCO sample is used by tests only where it exists beside the repo.
 COCO128_DIR ?= $(abspath $(wildcard ../shared/datasets/coco128))
 PYTEST_ARGS ?=
+# Every benchmark, quickest first (the accuracy one trains for 30 minutes); `make bench BENCH=serving` runs one.
+BENCH ?= convert_coco serving train_throughput inference_latency pipeline train_accuracy
 # Some machines' pip configuration names package indexes that are absent; pip warns once per package.
 PIP_NOISE := ^WARNING: Location .* is ignored
 
@@ -27,7 +29,7 @@ help:
 	@echo "make demo       set up .venv and run the main job (shapes data -> local pipeline)"
 	@echo "make test       set up .venv and run every test (slow ones included)"
 	@echo "make test-fast  run the tests not marked slow"
-	@echo "make bench      run the benchmarks in benchmarks/"
+	@echo "make bench      run the benchmarks in benchmarks/ (BENCH=name for one)"
 	@echo "make clean      remove outputs (keeps .venv)"
 
 venv: $(STAMP)
@@ -57,7 +59,8 @@ test-fast: $(STAMP)
 	MASKRCNN_TFX_COCO128="$(COCO128_DIR)" $(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	MASKRCNN_TFX_COCO128="$(COCO128_DIR)" $(PY) benchmarks/convert_coco.py
+	@for b in $(BENCH); do echo "== benchmarks/$$b.py"; \
+		MASKRCNN_TFX_COCO128="$(COCO128_DIR)" $(PY) benchmarks/$$b.py || exit 1; done
 
 clean:
 	rm -rf $(OUT) .pytest_cache

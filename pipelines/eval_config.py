@@ -54,11 +54,12 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import maskrcnn_tfx  # noqa: F401  (selects tf_keras before TensorFlow and TFMA load)
 import tensorflow_model_analysis as tfma
 
+from maskrcnn_tfx import signature
 from maskrcnn_tfx.label_map import LabelMap
 from pipelines import metrics
 
-# trainer/export.py's TF_EXAMPLE_SIGNATURE (not imported: that would load Model Garden into every Beam worker).
-DEFAULT_SIGNATURE = "serving_tf_example"
+# The exported model's tf.Example signature (from the TF-free names module: no Model Garden in Beam workers).
+DEFAULT_SIGNATURE = signature.TF_EXAMPLE_SIGNATURE
 # The module whose custom_extractors() the TFX Evaluator must use: Evaluator(module_path=EVALUATOR_MODULE_PATH).
 EVALUATOR_MODULE_PATH = metrics.__name__
 

@@ -17,6 +17,8 @@ import os
 import sys
 from typing import Dict, List, Optional, Tuple
 
+from maskrcnn_tfx import signature
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG or PNG files")
@@ -27,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     version = parser.add_mutually_exclusive_group()
     version.add_argument("--model-version", type=int, metavar="N", help="a version number (default: the latest)")
     version.add_argument("--version-label", metavar="LABEL", help="a version label of the server's config")
-    parser.add_argument("--signature-name", default="serving_default", help="default serving_default")
+    parser.add_argument("--signature-name", default=signature.SERVING_SIGNATURE,
+                        help=f"default {signature.SERVING_SIGNATURE}")
     parser.add_argument("--label-map", metavar="FILE",
                         help="label_map.json for class names (default: from the model's metadata, which the "
                              "local server has; for TF Serving pass the model's assets/label_map.json)")
