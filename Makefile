@@ -14,6 +14,9 @@ OUT ?= outputs
 # The real COCO sample is used by tests only where it exists beside the repo.
 COCO128_DIR ?= $(abspath $(wildcard ../shared/datasets/coco128))
 PYTEST_ARGS ?=
+# The demo's data and training: enough steps for masks a person can see in the report's gallery.
+DEMO_IMAGES ?= 160
+DEMO_STEPS ?= 500
 # Every benchmark, quickest first (the accuracy one trains for 30 minutes); `make bench BENCH=serving` runs one.
 BENCH ?= convert_coco serving train_throughput inference_latency pipeline train_accuracy
 # Some machines' pip configuration names package indexes that are absent; pip warns once per package.
@@ -42,13 +45,13 @@ $(STAMP): setup.py $(CONSTRAINTS)
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/maskrcnn-tfx make-shapes --output $(OUT)/shapes --num-images 64 --image-size 128
-	@# The whole local pipeline (validation, Transform, tiny Mask R-CNN, Evaluator, Pusher): a few minutes on 2 cores.
+	$(VENV)/bin/maskrcnn-tfx make-shapes --output $(OUT)/shapes --num-images $(DEMO_IMAGES) --image-size 128
+	@# The whole local pipeline (validation, Transform, tiny Mask R-CNN, Evaluator, Pusher): minutes on 2 cores.
 	@# It prints each component's state and time, the box and mask AP, the blessing and the pushed model.
 	@# 200 score thresholds keep TFMA's box AP (about 120 Beam computations for 3 classes) to seconds.
 	$(VENV)/bin/maskrcnn-tfx run --runner local --data $(OUT)/shapes/tfrecords \
 		--pipeline-root $(OUT)/pipeline --serving-dir $(OUT)/serving \
-		--preset tiny --train-steps 100 --box-num-thresholds 200
+		--preset tiny --train-steps $(DEMO_STEPS) --box-num-thresholds 200
 	@# The HTML report of the run (and the index of every run): it prints the page's path to open.
 	$(VENV)/bin/maskrcnn-tfx report --pipeline-root $(OUT)/pipeline --output $(OUT)/report
 
