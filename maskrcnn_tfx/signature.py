@@ -15,8 +15,14 @@ SERVING_SIGNATURE = "serving_default"
 TF_EXAMPLE_SIGNATURE = "serving_tf_example"
 IMAGES_INPUT = "images"
 EXAMPLES_INPUT = "examples"
-OUTPUT_KEYS = ("detection_boxes", "detection_classes", "detection_scores", "num_detections", "detection_masks",
-               "image_size")
+# The outputs of both signatures, per image.
+DETECTION_BOXES = "detection_boxes"  # [N, 4] normalized (ymin, xmin, ymax, xmax) of the original image
+DETECTION_CLASSES = "detection_classes"  # [N] label-map ids
+DETECTION_SCORES = "detection_scores"  # [N]
+NUM_DETECTIONS = "num_detections"  # scalar: valid rows; the rest is padding
+DETECTION_MASKS = "detection_masks"  # [N, M, M] probabilities relative to each box
+IMAGE_SIZE = "image_size"  # [2] original (height, width)
+OUTPUT_KEYS = (DETECTION_BOXES, DETECTION_CLASSES, DETECTION_SCORES, NUM_DETECTIONS, DETECTION_MASKS, IMAGE_SIZE)
 # The outputs' dtypes (numpy names): a JSON answer carries numbers only, the client restores these.
 OUTPUT_DTYPES = {"detection_boxes": "float32", "detection_classes": "int32", "detection_scores": "float32",
                  "num_detections": "int32", "detection_masks": "float32", "image_size": "int32"}

@@ -49,14 +49,16 @@ from tensorflow_model_analysis.utils import util as tfma_util
 
 from maskrcnn_tfx import example_format as ef
 from maskrcnn_tfx import masks as masks_lib
+from maskrcnn_tfx import signature
 
-# Outputs of the exported model's tf.Example signature (trainer/export.py, OUTPUT_KEYS).
-DETECTION_BOXES = "detection_boxes"  # [N, 4] normalized (ymin, xmin, ymax, xmax) of the original image
-DETECTION_CLASSES = "detection_classes"  # [N] label-map ids
-DETECTION_SCORES = "detection_scores"  # [N]
-NUM_DETECTIONS = "num_detections"  # scalar: valid rows; the rest is padding
-DETECTION_MASKS = "detection_masks"  # [N, M, M] probabilities relative to each box
-IMAGE_SIZE = "image_size"  # [2] original (height, width); optional, checked against the example's when present
+# Outputs of the exported model's tf.Example signature, named by the one signature module. IMAGE_SIZE is
+# optional here: when present it is checked against the example's.
+DETECTION_BOXES = signature.DETECTION_BOXES
+DETECTION_CLASSES = signature.DETECTION_CLASSES
+DETECTION_SCORES = signature.DETECTION_SCORES
+NUM_DETECTIONS = signature.NUM_DETECTIONS
+DETECTION_MASKS = signature.DETECTION_MASKS
+IMAGE_SIZE = signature.IMAGE_SIZE
 REQUIRED_OUTPUTS = {
     "box": (DETECTION_BOXES, DETECTION_CLASSES, DETECTION_SCORES, NUM_DETECTIONS),
     "mask": (DETECTION_BOXES, DETECTION_CLASSES, DETECTION_SCORES, NUM_DETECTIONS, DETECTION_MASKS),
