@@ -180,7 +180,9 @@ def detections_from_outputs(outputs: Mapping[str, Any], height: int, width: int,
         raise KeyError(f"the model's outputs lack {DETECTION_BOXES!r}; present: "
                        f"{sorted(outputs) if outputs is not None else []} (is the tf.Example signature evaluated?)")
     num = int(_scalar(outputs, NUM_DETECTIONS))
-    boxes = np.asarray(outputs[DETECTION_BOXES], np.float64).reshape(-1, 4)[:num]
+    # [D, 4] from a model, or flat when the predictions are stored as tf.Example features.
+    all_boxes = _values(outputs, DETECTION_BOXES, np.float64).reshape(-1, 4)
+    boxes = all_boxes[:num]
     classes = _values(outputs, DETECTION_CLASSES, np.float64)[:num].round().astype(np.int64)
     scores = _values(outputs, DETECTION_SCORES, np.float64)[:num]
     if IMAGE_SIZE in outputs and outputs[IMAGE_SIZE] is not None:
@@ -193,7 +195,19 @@ def detections_from_outputs(outputs: Mapping[str, Any], height: int, width: int,
     if need_masks:
         if outputs.get(DETECTION_MASKS) is None:
             raise KeyError(f"mask AP needs the model output {DETECTION_MASKS!r}; present: {sorted(outputs)}")
-        masks = np.asarray(outputs[DETECTION_MASKS], np.float32)
+        masks = outputs[DETECTION_MASKS]
+        masks = np.asarray(masks, np.float32) if isinstance(masks, np.ndarray) and masks.ndim >= 3 else \
+            _values(outputs, DETECTION_MASKS, np.float32)
+        if masks.ndim < 3 and not masks.size:
+            masks = np.zeros((0, 1, 1), np.float32)
+        elif masks.ndim < 3:
+            # Flat (predictions stored as tf.Example features): square masks, one per box row.
+            rows = len(all_boxes)
+            side = int(round(np.sqrt(masks.size / rows))) if rows else 0
+            if not rows or side * side * rows != masks.size:
+                raise ValueError(f"image {source_id}: {masks.size} mask values for {rows} detections are not "
+                                 f"square masks")
+            masks = masks.reshape(rows, side, side)
         masks = masks.reshape((-1,) + masks.shape[-2:])[:num]
     pixel = boxes[:, [1, 0, 3, 2]] * [width, height, width, height]
     return Detections(classes, scores, pixel, boxes, masks)
