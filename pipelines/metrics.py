@@ -17,12 +17,18 @@ How the COCO metrics work in Beam: a TFMA ``Preprocessor`` runs once per example
 example's ground truth (PNG masks, classes, crowd flags, areas), pastes the model's box-relative masks into
 full-image masks with :mod:`maskrcnn_tfx.masks` (the product's one paste), and runs COCO's per-image matching
 (``COCOeval.computeIoU`` and ``COCOeval.evaluateImg`` on that image alone, given the inputs ``COCOeval.evaluate``
-would prepare, without building COCO indexes per image). Only the matching's outcome goes to the
-combiner: per class and area range, the detections' scores, matched and ignored flags, and the ground truth's
-ignored flags; no masks, packed into a few flat arrays (:class:`ImageEval`). The ``CombineFn`` concatenates these over the images of a slice and ``extract_output``
-runs COCO's own ``COCOeval.accumulate`` over them, with the images in ascending ``image/source_id`` order as
-COCO orders them (which decides ties between equal scores). COCO's per-image matching depends on nothing but
-the image, so the result is the number ``COCOeval`` gives on the whole set, at any slicing and any parallelism.
+would prepare, without building COCO indexes per image). Only the matching's outcome goes to the combiner: per
+class and area range, the detections' scores, matched and ignored flags, and the ground truth's ignored flags;
+no masks, packed into seven flat arrays (:class:`ImageEval`), since Beam pickles it at every stage boundary and
+accumulator merge. The ``CombineFn`` concatenates these over the images of a slice and ``extract_output`` runs
+COCO's accumulation over them (:func:`accumulate_precision`: ``COCOeval.accumulate``'s arithmetic, vectorized,
+at the reported maxDets), with the images in ascending ``image/source_id`` order as COCO orders them (which
+decides ties between equal scores). COCO's per-image matching depends on nothing but the image, so the result
+is the number ``COCOeval`` gives on the whole set, at any slicing and any parallelism; the cost grows with the
+images and their objects, not with the number of classes (``benchmarks/evaluator.py``).
+
+The predictions may also be stored in the examples as features named like the model's outputs (flat lists):
+``pipelines.eval_config.build_eval_config(..., stored_predictions=True)`` evaluates them without a model.
 
 Inputs (see :data:`REQUIRED_FEATURES` and :data:`REQUIRED_OUTPUTS`): the raw example's features (the product's
 example format, ``maskrcnn_tfx.example_format``) and the outputs of the exported model's tf.Example signature
