@@ -301,6 +301,9 @@ class PipelineConfig:
 # ---------------------------------------------------------------------------------------------------------
 
 
+_WARNED: set = set()
+
+
 def _warn_if_slow_tfma_box_metric(config: PipelineConfig) -> None:
     """Logs the expected cost of TFMA's box metric before anything runs, when it would be slow."""
     from pipelines import eval_config  # pylint: disable=g-import-not-at-top  (TFMA: only when it is used)
@@ -316,7 +319,10 @@ def _warn_if_slow_tfma_box_metric(config: PipelineConfig) -> None:
                                             "and class); cannot read the label map %s to estimate it: %s", path, e)
         return
     cost = eval_config.tfma_box_metric_cost(num_classes, config.evaluation.box_num_thresholds)
-    if cost.slow:
+    # Once per label map and thresholds: a run validates its configuration more than once.
+    key = (path, cost.num_classes, cost.num_thresholds)
+    if cost.slow and key not in _WARNED:
+        _WARNED.add(key)
         logging.getLogger(__name__).warning("%s", cost.message())
 
 
