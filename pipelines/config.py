@@ -15,7 +15,7 @@ any component runs. A YAML file mirrors the dataclasses::
       preset: tiny
       overrides: {train: {batch_size: 4}}
       train_steps: 200
-    evaluation: {min_mask_ap: 0.1, min_box_ap: 0.1, max_ap_drop: 0.0}
+    evaluation: {min_mask_ap: 0.1, min_box_ap: 0.1, max_ap_drop: 0.0}   # bless: AP above 0.1, no worse
     runner: local
 
 Relative paths are resolved against the current directory when the configuration is validated, because TFX
@@ -24,6 +24,7 @@ components may run in another working directory.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
@@ -33,7 +34,7 @@ from maskrcnn_tfx import label_map as label_map_lib
 
 RUNNERS = ("local", "beam", "kubeflow")
 INFRA_VALIDATION_MODES = ("off", "docker", "kubernetes")
-BOX_METRICS = ("tfma", "pycocotools")
+BOX_METRICS = ("pycocotools", "tfma")
 SPAN_TOKEN = "{SPAN}"
 DEFAULT_PIPELINE_NAME = "maskrcnn-tfx"
 DEFAULT_IMAGE = "maskrcnn-tfx:latest"
@@ -82,19 +83,28 @@ class TrainerSettings:
 
 @dataclasses.dataclass
 class EvaluationConfig:
-    """Blessing thresholds of the Evaluator (on the overall slice) and the cost of TFMA's box AP."""
+    """When the Evaluator blesses a model (thresholds on the overall slice) and how it computes box AP.
 
-    # Lower bounds on the overall AP. 0.0 blesses any model whose AP is defined; None drops the bound, and TFX's
-    # Evaluator blesses nothing without any threshold (so a first run, which has no baseline yet, is never
-    # blessed or pushed when both bounds are None).
-    min_mask_ap: Optional[float] = 0.0
-    min_box_ap: Optional[float] = 0.0
+    A model is blessed when its overall mask AP is strictly above ``min_mask_ap``, its box AP strictly above
+    ``min_box_ap`` and, once there is a blessed model to compare with, neither AP is more than ``max_ap_drop``
+    below that model's. With the defaults a model that detects nothing (AP 0.000) is never blessed. See
+    pipelines/eval_config.py for how the bounds map onto TFMA's thresholds.
+    """
+
+    # Strict lower bounds on the overall AP: AP must be above this value. A negative bound lets every model with
+    # a defined AP pass (a smoke run that must push whatever it trains); 1.0 lets none pass. None drops the
+    # bound, and TFX's Evaluator blesses nothing without any threshold (so a first run, which has no baseline
+    # yet, is never blessed or pushed when both bounds are None).
+    min_mask_ap: Optional[float] = 0.001
+    min_box_ap: Optional[float] = 0.001
     # Against the latest blessed model (when there is one): the candidate's AP may be at most this lower.
     max_ap_drop: Optional[float] = 0.0
-    # "tfma": TFMA's COCOMeanAveragePrecision (pipelines.metrics.BoxMeanAveragePrecision, which also works with
-    # a baseline model); "pycocotools": COCO's exact box AP (crowd regions, mask areas), much cheaper with many
-    # classes. See pipelines/eval_config.py.
-    box_metric: str = "tfma"
+    # "pycocotools" (default): COCO's exact box AP, computed like the mask AP (pipelines.metrics.COCOBoxAP);
+    # its cost does not grow with classes. "tfma": TFMA's COCOMeanAveragePrecision
+    # (pipelines.metrics.BoxMeanAveragePrecision), 40 Beam computations per class, seconds per image and class:
+    # validate() warns when it would be slow. See pipelines/eval_config.py.
+    box_metric: str = "pycocotools"
+    # Score thresholds of box_metric "tfma" only (its cost grows with them).
     box_num_thresholds: int = 1000
     max_detections: int = 100
 
@@ -264,12 +274,18 @@ class PipelineConfig:
                 problems.append(f"trainer: {e}")
 
         e = c.evaluation
-        for name in ("min_mask_ap", "min_box_ap", "max_ap_drop"):
+        for name in ("min_mask_ap", "min_box_ap"):
             value = getattr(e, name)
-            need(value is None or 0.0 <= value <= 1.0, f"evaluation.{name} must be in [0, 1], not {value}")
-        need(e.box_metric in BOX_METRICS, f"evaluation.box_metric must be one of {BOX_METRICS}, not {e.box_metric!r}")
+            need(value is None or -1.0 <= value <= 1.0,
+                 f"evaluation.{name} must be in [-1, 1] (AP must be strictly above it), not {value}")
+        need(e.max_ap_drop is None or 0.0 <= e.max_ap_drop <= 1.0,
+             f"evaluation.max_ap_drop must be in [0, 1], not {e.max_ap_drop}")
+        need(e.box_metric in BOX_METRICS,
+             f"evaluation.box_metric must be one of {', '.join(BOX_METRICS)}, not {e.box_metric!r}")
         need(e.box_num_thresholds >= 2, f"evaluation.box_num_thresholds must be >= 2, not {e.box_num_thresholds}")
         need(e.max_detections >= 1, f"evaluation.max_detections must be >= 1, not {e.max_detections}")
+        if e.box_metric == "tfma" and not problems:
+            _warn_if_slow_tfma_box_metric(c)
 
         iv = c.infra_validation
         need(iv.mode in INFRA_VALIDATION_MODES,
@@ -283,6 +299,31 @@ class PipelineConfig:
 
 
 # ---------------------------------------------------------------------------------------------------------
+
+
+_WARNED: set = set()
+
+
+def _warn_if_slow_tfma_box_metric(config: PipelineConfig) -> None:
+    """Logs the expected cost of TFMA's box metric before anything runs, when it would be slow."""
+    from pipelines import eval_config  # pylint: disable=g-import-not-at-top  (TFMA: only when it is used)
+
+    path = config.label_map_path
+    try:
+        if not (_is_local(path) and os.path.isfile(path)):
+            raise OSError("not a local file")
+        num_classes = len(label_map_lib.LabelMap.load(path))
+    except (OSError, ValueError) as e:  # remote or not yet written: the classes are unknown
+        logging.getLogger(__name__).warning("evaluation.box_metric 'tfma': its cost grows with classes x score "
+                                            "thresholds (40 Beam computations per class, seconds per eval image "
+                                            "and class); cannot read the label map %s to estimate it: %s", path, e)
+        return
+    cost = eval_config.tfma_box_metric_cost(num_classes, config.evaluation.box_num_thresholds)
+    # Once per label map and thresholds: a run validates its configuration more than once.
+    key = (path, cost.num_classes, cost.num_thresholds)
+    if cost.slow and key not in _WARNED:
+        _WARNED.add(key)
+        logging.getLogger(__name__).warning("%s", cost.message())
 
 
 def _is_local(path: str) -> bool:

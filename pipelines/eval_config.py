@@ -12,8 +12,13 @@ It reports, for the model and, with a baseline, for the baseline and their diffe
 
 Box AP comes from one of two implementations (``box_metric``):
 
-- ``"tfma"`` (default): TFMA's own ``COCOMeanAveragePrecision``, one metric config per reported number, fed with
-  pixel boxes by ``pipelines.metrics.CocoEvalInputsExtractor``. It is configured as its subclass
+- ``"pycocotools"`` (default): ``pipelines.metrics.COCOBoxAP``, which shares the mask metric's path: one COCO
+  per-image matching per example (``COCOeval.evaluateImg``) and one accumulation per slice
+  (``COCOeval.accumulate``). It gives COCOeval's ``bbox`` numbers exactly (crowd regions, mask areas for
+  APs/m/l, classes without ground truth left out of the mean), and its cost does not grow with the number of
+  classes or score thresholds (``benchmarks/evaluator.py`` compares it with COCOeval itself).
+- ``"tfma"``: TFMA's own ``COCOMeanAveragePrecision``, one metric config per reported number, fed with pixel
+  boxes by ``pipelines.metrics.CocoEvalInputsExtractor``. It is configured as its subclass
   ``pipelines.metrics.BoxMeanAveragePrecision``, whose computations are TFMA's but whose box-matching outputs are
   keyed by model name: TFMA 0.47's own class fails as soon as a baseline model is evaluated too (its
   ``BoundingBoxMatchPreprocessor`` yields bare predictions that its combiner looks up by model name). It is
@@ -27,20 +32,26 @@ Box AP comes from one of two implementations (``box_metric``):
   * APs/m/l bucket objects by box area (COCO: by ``image/object/area``, the mask area), and ground truth outside
     the range is dropped rather than ignored, so near 32² and 96² detections can count differently;
   * scores are binned into ``box_num_thresholds`` thresholds (detections within one bin tie);
-  * cost: every (class, IoU threshold, area range) is its own Beam computation, 40 per class, each with a fixed
-    cost of about 1 s per evaluation at 1,000 thresholds (0.16 s at 200, 4.7 s at TFMA's default 10,000;
-    measured on 2 shared CPU cores, 10 images): 3 classes take 2 minutes, 80 classes about an hour, where
-    ``"pycocotools"`` takes 4 s for masks and boxes together.
-
-- ``"pycocotools"``: ``pipelines.metrics.COCOBoxAP``, which shares the mask metric's path (COCO's own per-image
-  matching and accumulation) and gives COCOeval's ``bbox`` numbers exactly, at a small fraction of the cost.
+  * cost: every (class, IoU threshold, area range) is its own Beam computation with its own pure-Python box
+    matching per example: 40 per class (3,201 computations with the mask metric at 80 classes). Measured on 2
+    CPU cores it costs about 1 to 1.5 s per eval image and class at 100 score thresholds, and grows with the
+    thresholds (about 4.6 s per image and class at 1,000, 38 s at TFMA's default 10,000): 28 eval images of
+    80 classes take hours. :func:`tfma_box_metric_cost` gives the estimate, and
+    ``pipelines.config.PipelineConfig.validate`` warns before a run whose estimate is slow.
 
 Slicing: the overall slice plus, by default, :data:`pipelines.metrics.OBJECT_COUNT` (the number of non-crowd
 objects, bucketed 0, 1, 2-3, 4-7, ...), a feature that ``pipelines.metrics.custom_extractors`` derives.
 
-Blessing: lower bounds on ``mask_ap`` and ``box_ap`` (``min_mask_ap``, ``min_box_ap``) and, with a baseline, a
-change threshold (``tfma.GenericChangeThreshold``, HIGHER_IS_BETTER): the candidate's AP may be at most
-``max_ap_drop`` below the baseline's. Both apply to the overall slice only.
+Blessing: strict lower bounds on ``mask_ap`` and ``box_ap`` (``min_mask_ap``, ``min_box_ap``: the AP must be
+strictly above the bound, so that with the default 0.001 a model that detects nothing, AP 0.000, is never
+blessed) and, with a baseline, a change threshold (``tfma.GenericChangeThreshold``, HIGHER_IS_BETTER): the
+candidate's AP may be at most ``max_ap_drop`` below the baseline's. All apply to the overall slice only. TFMA's
+``value_threshold.lower_bound`` is inclusive (it passes ``value >= lower_bound``), so "strictly above b" is
+stored as the next double above b (:func:`strict_lower_bound`): for every computed AP, ``value >=
+nextafter(b, +inf)`` holds exactly when ``value > b``. An undefined AP (NaN: no ground truth) never passes. A
+negative bound lets every model with a defined AP pass (smoke runs that must push whatever they train). On a
+first run (no blessed model yet) TFX drops the change thresholds; with no bound left it validates nothing and
+blesses nothing.
 
 The TFX Evaluator must run with ``module_path=EVALUATOR_MODULE_PATH`` (it supplies the extractors) and on the raw
 examples; the model's tf.Example signature (``signature_name``) must return ``detection_boxes``,
@@ -48,8 +59,12 @@ examples; the model's tf.Example signature (``signature_name``) must return ``de
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from typing import Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
 
 import maskrcnn_tfx  # noqa: F401  (selects tf_keras before TensorFlow and TFMA load)
 import tensorflow_model_analysis as tfma
@@ -67,11 +82,82 @@ MASK_AP = metrics.COCOMaskAP.DEFAULT_NAME
 BOX_AP = metrics.COCOBoxAP.DEFAULT_NAME
 BOX_METRIC_TFMA = "tfma"
 BOX_METRIC_PYCOCOTOOLS = "pycocotools"
+BOX_METRICS = (BOX_METRIC_PYCOCOTOOLS, BOX_METRIC_TFMA)
+DEFAULT_BOX_METRIC = BOX_METRIC_PYCOCOTOOLS
 DEFAULT_SLICING = ((metrics.OBJECT_COUNT,),)
 DEFAULT_BOX_NUM_THRESHOLDS = 1000
 DEFAULT_MAX_DETECTIONS = 100
+# The default strict lower bound on mask and box AP: AP 0.000 (a model that detects nothing) never passes.
+DEFAULT_MIN_AP = 0.001
+# The range a lower bound may take: negative lets any defined AP pass, 1 lets nothing pass.
+MIN_AP_RANGE = (-1.0, 1.0)
+
+# TFMA's box metric: its Beam computations per class ((10 IoU thresholds) x (all, small, medium, large areas)),
+# and its measured cost per computation and eval image on 2 CPU cores, linear in the score thresholds (fitted
+# to ~1.2 s per image and class at 100 thresholds and ~38 s at 10,000, see the module docstring).
+TFMA_BOX_COMPUTATIONS_PER_CLASS = 10 * len(metrics.AREA_RANGES)
+TFMA_BOX_SECONDS_PER_COMPUTATION_AND_IMAGE = (0.021, 0.0000935)  # (fixed, per score threshold)
+# A TFMA box metric configuration estimated above this many seconds per eval image gets a warning.
+SLOW_SECONDS_PER_IMAGE = 1.0
+
+# The model outputs the metrics read, as feature names of examples that carry their predictions.
+STORED_PREDICTION_KEYS = metrics.REQUIRED_OUTPUTS["mask"]
 
 SliceLike = Union[str, Sequence[str], tfma.SlicingSpec]
+
+
+def strict_lower_bound(bound: float) -> float:
+    """TFMA's inclusive ``value_threshold.lower_bound`` that passes exactly the values strictly above ``bound``.
+
+    TFMA passes ``value >= lower_bound``; between ``bound`` and the next double above it there is no double, so
+    ``value >= nextafter(bound, +inf)`` is ``value > bound`` for every float64 AP.
+    """
+    return float(np.nextafter(float(bound), math.inf))
+
+
+def stated_lower_bound(lower_bound: float) -> float:
+    """The configured strict bound behind a TFMA ``lower_bound`` written by :func:`strict_lower_bound`."""
+    return float(np.nextafter(float(lower_bound), -math.inf))
+
+
+def describe_lower_bound(lower_bound: float) -> str:
+    """A TFMA (inclusive) lower bound in words: "above 0.001" when it is a strict bound of this module, else
+    "at least 0.5" (whichever reads shorter: both say the same for float64 values)."""
+    strict = stated_lower_bound(lower_bound)
+    if len(repr(strict)) < len(repr(float(lower_bound))):
+        return f"above {strict:g}"
+    return f"at least {float(lower_bound):g}"
+
+
+@dataclasses.dataclass(frozen=True)
+class TfmaBoxMetricCost:
+    """The expected cost of ``box_metric="tfma"`` (see the module docstring)."""
+
+    num_classes: int
+    num_thresholds: int
+    computations: int  # Beam computations of the evaluation (TFMA's box matching, plus the mask metric)
+    seconds_per_image: float  # estimated on 2 CPU cores
+
+    @property
+    def slow(self) -> bool:
+        return self.seconds_per_image >= SLOW_SECONDS_PER_IMAGE
+
+    def message(self) -> str:
+        return (f"evaluation.box_metric 'tfma' (TFMA's COCOMeanAveragePrecision) with {self.num_classes} classes "
+                f"and {self.num_thresholds} score thresholds builds {self.computations:,} Beam computations (40 "
+                f"per class, each with its own box matching); expect about {self.seconds_per_image:,.0f} s of "
+                f"Evaluator time per eval image on 2 CPU cores (about {self.seconds_per_image * 100 / 3600:.1f} h "
+                f"per 100 images). The default box_metric 'pycocotools' gives COCO's exact box AP at a cost that "
+                f"does not grow with classes or thresholds; fewer box_num_thresholds make 'tfma' cheaper.")
+
+
+def tfma_box_metric_cost(num_classes: int, num_thresholds: int = DEFAULT_BOX_NUM_THRESHOLDS) -> TfmaBoxMetricCost:
+    """The Beam computations and the estimated seconds per eval image of TFMA's box metric (with the mask AP)."""
+    box = TFMA_BOX_COMPUTATIONS_PER_CLASS * int(num_classes)
+    fixed, per_threshold = TFMA_BOX_SECONDS_PER_COMPUTATION_AND_IMAGE
+    return TfmaBoxMetricCost(num_classes=int(num_classes), num_thresholds=int(num_thresholds),
+                             computations=box + 1,
+                             seconds_per_image=box * (fixed + per_threshold * int(num_thresholds)))
 
 
 def tfma_box_metric_configs(label_map: LabelMap, *, name: str = BOX_AP,
@@ -129,7 +215,8 @@ def _blessing_threshold(lower_bound: Optional[float], max_drop: Optional[float])
         return None
     threshold = tfma.MetricThreshold()
     if lower_bound is not None:
-        threshold.value_threshold.lower_bound.value = float(lower_bound)
+        # Strictly above the configured bound (TFMA's lower_bound is inclusive).
+        threshold.value_threshold.lower_bound.value = strict_lower_bound(lower_bound)
     if max_drop is not None:
         # The validator passes candidate - baseline >= absolute (inclusive), so an equal model passes at 0.
         threshold.change_threshold.direction = tfma.MetricDirection.HIGHER_IS_BETTER
@@ -147,9 +234,10 @@ def _with_threshold(config: tfma.MetricConfig, threshold: Optional[tfma.MetricTh
 def build_eval_config(label_map: LabelMap, *, signature_name: str = DEFAULT_SIGNATURE,
                       slicing: Sequence[SliceLike] = DEFAULT_SLICING, min_mask_ap: Optional[float] = None,
                       min_box_ap: Optional[float] = None, max_ap_drop: Optional[float] = 0.0,
-                      with_baseline: bool = False, box_metric: str = BOX_METRIC_TFMA,
+                      with_baseline: bool = False, box_metric: str = DEFAULT_BOX_METRIC,
                       box_num_thresholds: int = DEFAULT_BOX_NUM_THRESHOLDS,
-                      max_detections: int = DEFAULT_MAX_DETECTIONS) -> tfma.EvalConfig:
+                      max_detections: int = DEFAULT_MAX_DETECTIONS,
+                      stored_predictions: bool = False) -> tfma.EvalConfig:
     """The Evaluator's ``tfma.EvalConfig`` (see the module docstring).
 
     Args:
@@ -157,22 +245,30 @@ def build_eval_config(label_map: LabelMap, *, signature_name: str = DEFAULT_SIGN
       signature_name: the model's signature that takes serialized raw tf.Examples.
       slicing: slices besides the overall one: a feature key, a sequence of keys (their cross) or a
         ``tfma.SlicingSpec``; features of the raw example or :data:`pipelines.metrics.OBJECT_COUNT`.
-      min_mask_ap: bless only if ``mask_ap`` (overall) is at least this; None: no lower bound.
+      min_mask_ap: bless only if ``mask_ap`` (overall) is strictly above this; None: no lower bound (the
+        pipeline's configuration defaults to :data:`DEFAULT_MIN_AP`).
       min_box_ap: the same for ``box_ap``.
       max_ap_drop: with a baseline, bless only if ``mask_ap`` and ``box_ap`` are at most this below the
         baseline's (0: no worse); None: no comparison.
       with_baseline: add a baseline model spec (``tfma.BASELINE_KEY``; the candidate is ``tfma.CANDIDATE_KEY``)
         and the change thresholds. In TFX pass True when a baseline resolver feeds the Evaluator: on the first
         run, without a blessed model, TFX drops the baseline spec and the change thresholds itself.
-      box_metric: ``"tfma"`` (TFMA's COCOMeanAveragePrecision) or ``"pycocotools"`` (exact COCO, faster).
+      box_metric: ``"pycocotools"`` (exact COCO box AP, the default) or ``"tfma"`` (TFMA's
+        COCOMeanAveragePrecision; see :func:`tfma_box_metric_cost`).
       box_num_thresholds: score thresholds of TFMA's box metric (its own default, 10,000, is ~5x slower).
       max_detections: detections per image and class that count (COCO: 100).
+      stored_predictions: evaluate predictions stored in the examples as features named like the model's
+        outputs (:data:`STORED_PREDICTION_KEYS`; flat lists are fine), without a model:
+        ``tfma.run_model_analysis(eval_shared_model=None, extractors=custom_extractors(None, config), ...)``.
     """
-    if box_metric not in (BOX_METRIC_TFMA, BOX_METRIC_PYCOCOTOOLS):
-        raise ValueError(f"box_metric must be {BOX_METRIC_TFMA!r} or {BOX_METRIC_PYCOCOTOOLS!r}, not {box_metric!r}")
-    for label, value in (("min_mask_ap", min_mask_ap), ("min_box_ap", min_box_ap), ("max_ap_drop", max_ap_drop)):
-        if value is not None and not 0.0 <= float(value) <= 1.0:
-            raise ValueError(f"{label} must be in [0, 1], not {value}")
+    if box_metric not in BOX_METRICS:
+        raise ValueError(f"box_metric must be {BOX_METRIC_PYCOCOTOOLS!r} or {BOX_METRIC_TFMA!r}, not {box_metric!r}")
+    low, high = MIN_AP_RANGE
+    for label, value in (("min_mask_ap", min_mask_ap), ("min_box_ap", min_box_ap)):
+        if value is not None and not low <= float(value) <= high:
+            raise ValueError(f"{label} must be in [{low:g}, {high:g}], not {value}")
+    if max_ap_drop is not None and not 0.0 <= float(max_ap_drop) <= 1.0:
+        raise ValueError(f"max_ap_drop must be in [0, 1], not {max_ap_drop}")
     if not len(label_map):
         raise ValueError("the label map has no classes")
     max_drop = max_ap_drop if with_baseline else None
@@ -187,7 +283,11 @@ def build_eval_config(label_map: LabelMap, *, signature_name: str = DEFAULT_SIGN
     mask_config = _with_threshold(coco_metric_config(label_map, "segm", max_detections=max_detections),
                                   _blessing_threshold(min_mask_ap, max_drop))
 
-    if with_baseline:
+    if stored_predictions:
+        if with_baseline:
+            raise ValueError("stored_predictions evaluates one set of predictions: no baseline")
+        model_specs = [tfma.ModelSpec(prediction_keys={key: key for key in STORED_PREDICTION_KEYS})]
+    elif with_baseline:
         model_specs = [tfma.ModelSpec(name=tfma.CANDIDATE_KEY, signature_name=signature_name),
                        tfma.ModelSpec(name=tfma.BASELINE_KEY, signature_name=signature_name, is_baseline=True)]
     else:

@@ -16,12 +16,19 @@ TFMA 0.47 has COCO box AP (``COCOMeanAveragePrecision``) but nothing for masks. 
 How the COCO metrics work in Beam: a TFMA ``Preprocessor`` runs once per example, before slicing. It decodes the
 example's ground truth (PNG masks, classes, crowd flags, areas), pastes the model's box-relative masks into
 full-image masks with :mod:`maskrcnn_tfx.masks` (the product's one paste), and runs COCO's per-image matching
-(``COCOeval.evaluateImg``, via ``COCOeval.evaluate`` on that image alone). Only the matching's outcome goes to the
-combiner: per class and area range, the detections' scores, matched and ignored flags, and the ground truth's
-ignored flags; no masks. The ``CombineFn`` concatenates these over the images of a slice and ``extract_output``
-runs COCO's own ``COCOeval.accumulate`` over them, with the images in ascending ``image/source_id`` order as
-COCO orders them (which decides ties between equal scores). COCO's per-image matching depends on nothing but
-the image, so the result is the number ``COCOeval`` gives on the whole set, at any slicing and any parallelism.
+(``COCOeval.computeIoU`` and ``COCOeval.evaluateImg`` on that image alone, given the inputs ``COCOeval.evaluate``
+would prepare, without building COCO indexes per image). Only the matching's outcome goes to the combiner: per
+class and area range, the detections' scores, matched and ignored flags, and the ground truth's ignored flags;
+no masks, packed into seven flat arrays (:class:`ImageEval`), since Beam pickles it at every stage boundary and
+accumulator merge. The ``CombineFn`` concatenates these over the images of a slice and ``extract_output`` runs
+COCO's accumulation over them (:func:`accumulate_precision`: ``COCOeval.accumulate``'s arithmetic, vectorized,
+at the reported maxDets), with the images in ascending ``image/source_id`` order as COCO orders them (which
+decides ties between equal scores). COCO's per-image matching depends on nothing but the image, so the result
+is the number ``COCOeval`` gives on the whole set, at any slicing and any parallelism; the cost grows with the
+images and their objects, not with the number of classes (``benchmarks/evaluator.py``).
+
+The predictions may also be stored in the examples as features named like the model's outputs (flat lists):
+``pipelines.eval_config.build_eval_config(..., stored_predictions=True)`` evaluates them without a model.
 
 Inputs (see :data:`REQUIRED_FEATURES` and :data:`REQUIRED_OUTPUTS`): the raw example's features (the product's
 example format, ``maskrcnn_tfx.example_format``) and the outputs of the exported model's tf.Example signature
@@ -29,6 +36,7 @@ example format, ``maskrcnn_tfx.example_format``) and the outputs of the exported
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import dataclasses
@@ -180,7 +188,9 @@ def detections_from_outputs(outputs: Mapping[str, Any], height: int, width: int,
         raise KeyError(f"the model's outputs lack {DETECTION_BOXES!r}; present: "
                        f"{sorted(outputs) if outputs is not None else []} (is the tf.Example signature evaluated?)")
     num = int(_scalar(outputs, NUM_DETECTIONS))
-    boxes = np.asarray(outputs[DETECTION_BOXES], np.float64).reshape(-1, 4)[:num]
+    # [D, 4] from a model, or flat when the predictions are stored as tf.Example features.
+    all_boxes = _values(outputs, DETECTION_BOXES, np.float64).reshape(-1, 4)
+    boxes = all_boxes[:num]
     classes = _values(outputs, DETECTION_CLASSES, np.float64)[:num].round().astype(np.int64)
     scores = _values(outputs, DETECTION_SCORES, np.float64)[:num]
     if IMAGE_SIZE in outputs and outputs[IMAGE_SIZE] is not None:
@@ -193,7 +203,19 @@ def detections_from_outputs(outputs: Mapping[str, Any], height: int, width: int,
     if need_masks:
         if outputs.get(DETECTION_MASKS) is None:
             raise KeyError(f"mask AP needs the model output {DETECTION_MASKS!r}; present: {sorted(outputs)}")
-        masks = np.asarray(outputs[DETECTION_MASKS], np.float32)
+        masks = outputs[DETECTION_MASKS]
+        masks = np.asarray(masks, np.float32) if isinstance(masks, np.ndarray) and masks.ndim >= 3 else \
+            _values(outputs, DETECTION_MASKS, np.float32)
+        if masks.ndim < 3 and not masks.size:
+            masks = np.zeros((0, 1, 1), np.float32)
+        elif masks.ndim < 3:
+            # Flat (predictions stored as tf.Example features): square masks, one per box row.
+            rows = len(all_boxes)
+            side = int(round(np.sqrt(masks.size / rows))) if rows else 0
+            if not rows or side * side * rows != masks.size:
+                raise ValueError(f"image {source_id}: {masks.size} mask values for {rows} detections are not "
+                                 f"square masks")
+            masks = masks.reshape(rows, side, side)
         masks = masks.reshape((-1,) + masks.shape[-2:])[:num]
     pixel = boxes[:, [1, 0, 3, 2]] * [width, height, width, height]
     return Detections(classes, scores, pixel, boxes, masks)
@@ -223,14 +245,16 @@ def _quiet():
         yield
 
 
-def _coco(dataset: Dict[str, Any]):
-    from pycocotools.coco import COCO  # pylint: disable=g-import-not-at-top
+_PARAMS_CACHE: Dict[Tuple[str, int], Any] = {}
 
-    coco = COCO()
-    coco.dataset = dataset
-    with _quiet():
-        coco.createIndex()
-    return coco
+
+def _cached_params(iou_type: str, max_detections: int):
+    """One shared Params per IoU type and maxDets for the per-image matching (computeIoU and evaluateImg only
+    read it)."""
+    key = (iou_type, int(max_detections))
+    if key not in _PARAMS_CACHE:
+        _PARAMS_CACHE[key] = _coco_params(iou_type, max_detections)
+    return _PARAMS_CACHE[key]
 
 
 def _coco_params(iou_type: str, max_detections: int):
@@ -248,10 +272,49 @@ ImageClassEval = Dict[str, np.ndarray]
 
 @dataclasses.dataclass
 class ImageEval:
-    """COCO's per-image matching for one image: ``(class index, area index) -> ImageClassEval``."""
+    """COCO's per-image matching for one image, packed: entry ``e`` is the (class index, area index)
+    ``keys[e]`` with ``num_dt[e]`` detections and ``num_gt[e]`` ground-truth objects, whose arrays are
+    consecutive slices of the concatenated ones. Seven arrays whatever the number of classes: this is what
+    crosses Beam (pickled at every stage boundary and accumulator merge), so it is kept small and flat.
+    :attr:`results` gives the per-entry arrays COCOeval.accumulate reads, as views.
+    """
 
     sort_key: Tuple[int, str]
-    results: Dict[Tuple[int, int], ImageClassEval]
+    keys: np.ndarray  # [E, 2] int32
+    num_dt: np.ndarray  # [E] int32
+    num_gt: np.ndarray  # [E] int32
+    dt_scores: np.ndarray  # [sum num_dt] float64
+    dt_matched: np.ndarray  # [T, sum num_dt] bool (T: IoU thresholds)
+    dt_ignore: np.ndarray  # [T, sum num_dt] bool
+    gt_ignore: np.ndarray  # [sum num_gt] bool
+
+    @classmethod
+    def pack(cls, sort_key: Tuple[int, str], results: Mapping[Tuple[int, int], ImageClassEval],
+             num_ious: int) -> "ImageEval":
+        keys = sorted(results)
+        entries = [results[k] for k in keys]
+
+        def cat(name: str, dtype, rows: int = 0) -> np.ndarray:
+            parts = [np.asarray(e[name], dtype).reshape((rows, -1) if rows else (-1,)) for e in entries]
+            empty = np.zeros((rows, 0) if rows else (0,), dtype)
+            return np.concatenate(parts, axis=-1) if parts else empty
+
+        return cls(sort_key=sort_key, keys=np.asarray(keys, np.int32).reshape(-1, 2),
+                   num_dt=np.asarray([len(e["dtScores"]) for e in entries], np.int32),
+                   num_gt=np.asarray([len(e["gtIgnore"]) for e in entries], np.int32),
+                   dt_scores=cat("dtScores", np.float64), dt_matched=cat("dtMatches", bool, num_ious),
+                   dt_ignore=cat("dtIgnore", bool, num_ious), gt_ignore=cat("gtIgnore", bool))
+
+    @property
+    def results(self) -> Dict[Tuple[int, int], ImageClassEval]:
+        found: Dict[Tuple[int, int], ImageClassEval] = {}
+        dt_end, gt_end = np.cumsum(self.num_dt), np.cumsum(self.num_gt)
+        for (k, a), d1, g1, nd, ng in zip(self.keys.tolist(), dt_end.tolist(), gt_end.tolist(),
+                                          self.num_dt.tolist(), self.num_gt.tolist()):
+            d0, g0 = d1 - nd, g1 - ng
+            found[(k, a)] = {"dtScores": self.dt_scores[d0:d1], "dtMatches": self.dt_matched[:, d0:d1],
+                             "dtIgnore": self.dt_ignore[:, d0:d1], "gtIgnore": self.gt_ignore[g0:g1]}
+        return found
 
 
 def evaluate_image(ground_truth: GroundTruth, detections: Detections, iou_type: str, class_ids: Sequence[int],
@@ -270,7 +333,7 @@ def evaluate_image(ground_truth: GroundTruth, detections: Detections, iou_type: 
     dt_keep = np.array([int(c) in class_index for c in detections.classes], bool)
     present = sorted({int(c) for c in ground_truth.classes[gt_keep]} | {int(c) for c in detections.classes[dt_keep]})
     if not present:
-        return ImageEval(ground_truth.sort_key, {})
+        return ImageEval.pack(ground_truth.sort_key, {}, len(_cached_params(iou_type, max_detections).iouThrs))
     height, width = ground_truth.height, ground_truth.width
 
     gt_masks: List[Dict[str, Any]] = []
@@ -294,52 +357,52 @@ def evaluate_image(ground_truth: GroundTruth, detections: Detections, iou_type: 
         if iou_type == "segm":
             annotation["segmentation"] = gt_masks[n]
         annotations.append(annotation)
-    images = [{"id": 1, "height": height, "width": width}]
-    categories = [{"id": int(c)} for c in class_ids]
-    coco_gt = _coco({"images": images, "categories": categories, "annotations": annotations})
-
     kept = np.flatnonzero(dt_keep)
     results = []
     if iou_type == "segm" and len(kept):
         full = masks_lib.paste_masks(detections.masks[kept], detections.normalized_boxes[kept], height, width,
                                      threshold=mask_threshold)
         rles = mask_api.encode(np.asfortranarray(np.transpose(full, (1, 2, 0))))
-        # Only "segmentation": with a "bbox" too, loadRes would take the box's area as the detection's area.
-        results = [{"image_id": 1, "category_id": int(detections.classes[i]), "score": float(detections.scores[i]),
-                    "segmentation": rle} for i, rle in zip(kept, rles)]
+        areas = mask_api.area(rles)
+        # As COCO.loadRes gives them: ids 1..N in order, the mask's area (not a box's), never crowd.
+        results = [{"id": n + 1, "image_id": 1, "category_id": int(detections.classes[i]),
+                    "score": float(detections.scores[i]), "segmentation": rle, "area": float(area), "iscrowd": 0}
+                   for n, (i, rle, area) in enumerate(zip(kept, rles, areas))]
     elif len(kept):
-        results = [{"image_id": 1, "category_id": int(detections.classes[i]), "score": float(detections.scores[i]),
-                    "bbox": [float(detections.boxes[i, 0]), float(detections.boxes[i, 1]),
-                             float(detections.boxes[i, 2] - detections.boxes[i, 0]),
-                             float(detections.boxes[i, 3] - detections.boxes[i, 1])]} for i in kept]
-    if results:
-        with _quiet():
-            coco_dt = coco_gt.loadRes(results)
-    else:  # loadRes cannot take an empty list
-        coco_dt = _coco({"images": images, "categories": categories, "annotations": []})
+        for n, i in enumerate(kept):
+            x, y = float(detections.boxes[i, 0]), float(detections.boxes[i, 1])
+            w, h = float(detections.boxes[i, 2] - detections.boxes[i, 0]), float(detections.boxes[i, 3] - y)
+            results.append({"id": n + 1, "image_id": 1, "category_id": int(detections.classes[i]),
+                            "score": float(detections.scores[i]), "bbox": [x, y, w, h], "area": w * h,
+                            "iscrowd": 0})
 
-    evaluation = COCOeval(coco_gt, coco_dt, iou_type)
-    evaluation.params = _coco_params(iou_type, max_detections)
-    evaluation.params.imgIds = [1]
-    evaluation.params.catIds = present
-    with _quiet():
-        evaluation.evaluate()
-    num_areas = len(evaluation.params.areaRng)
+    # COCOeval.evaluate on this image alone, without its COCO indexes: _prepare's grouping (with its "ignore"
+    # flags), then COCO's own computeIoU and evaluateImg.
+    evaluation = COCOeval(iouType=iou_type)
+    evaluation.params = _cached_params(iou_type, max_detections)
+    evaluation._gts = collections.defaultdict(list)  # pylint: disable=protected-access
+    evaluation._dts = collections.defaultdict(list)  # pylint: disable=protected-access
+    for annotation in annotations:
+        annotation["ignore"] = annotation["iscrowd"]
+        evaluation._gts[1, annotation["category_id"]].append(annotation)  # pylint: disable=protected-access
+    for result in results:
+        evaluation._dts[1, result["category_id"]].append(result)  # pylint: disable=protected-access
+    evaluation.ious = {(1, class_id): evaluation.computeIoU(1, class_id) for class_id in present}
+    max_det = evaluation.params.maxDets[-1]
     compact: Dict[Tuple[int, int], ImageClassEval] = {}
-    # evalImgs is ordered [class][area range][image], with one image here.
-    for k, class_id in enumerate(present):
-        for a in range(num_areas):
-            result = evaluation.evalImgs[k * num_areas + a]
+    for class_id in present:
+        for a, area_range in enumerate(evaluation.params.areaRng):
+            result = evaluation.evaluateImg(1, class_id, area_range, max_det)
             if result is None:
                 continue
             compact[(class_index[class_id], a)] = {
-                "dtScores": np.asarray(result["dtScores"], np.float64),
+                "dtScores": result["dtScores"],
                 # accumulate() only asks "matched or not"; the matched ground-truth ids need not travel.
                 "dtMatches": np.asarray(result["dtMatches"]) > 0,
-                "dtIgnore": np.asarray(result["dtIgnore"], bool),
-                "gtIgnore": np.asarray(result["gtIgnore"], bool),
+                "dtIgnore": result["dtIgnore"],
+                "gtIgnore": result["gtIgnore"],
             }
-    return ImageEval(ground_truth.sort_key, compact)
+    return ImageEval.pack(ground_truth.sort_key, compact, len(evaluation.params.iouThrs))
 
 
 def metric_names(name: str, class_names: Sequence[str]) -> List[str]:
@@ -380,30 +443,17 @@ def summarize(images: Iterable[ImageEval], iou_type: str, class_ids: Sequence[in
     "pr_curves": array}`` where a number COCO reports as -1 (no ground truth for it) is NaN; "pr_curves" is the
     ``[3, 1 + C, 101]`` array described by :func:`pr_curves_name`.
     """
-    from pycocotools.cocoeval import COCOeval  # pylint: disable=g-import-not-at-top
-
     ordered = sorted(images, key=lambda image: image.sort_key)
     params = _coco_params(iou_type, max_detections)
-    params.imgIds = list(range(len(ordered)))
-    params.catIds = list(int(c) for c in class_ids)
-    num_classes, num_areas, num_images = len(params.catIds), len(params.areaRng), len(ordered)
+    num_classes, num_areas, num_images = len(class_ids), len(params.areaRng), len(ordered)
     nan = float("nan")
     if not num_images or not num_classes:
         return {"ap": nan, "ap50": nan, "ap75": nan, "ap_small": nan, "ap_medium": nan, "ap_large": nan,
                 "per_class": {int(c): nan for c in class_ids},
                 "pr_curves": np.full((len(PR_CURVE_IOUS), 1 + num_classes, len(PR_CURVE_RECALLS)), nan)}
-    eval_imgs: List[Optional[ImageClassEval]] = [None] * (num_classes * num_areas * num_images)
-    for i, image in enumerate(ordered):
-        for (k, a), result in image.results.items():
-            eval_imgs[k * num_areas * num_images + a * num_images + i] = result
-    evaluation = COCOeval(iouType=iou_type)
-    evaluation.params = params
-    evaluation._paramsEval = copy.deepcopy(params)  # pylint: disable=protected-access  (what evaluate() sets)
-    evaluation.evalImgs = eval_imgs
-    with _quiet():
-        evaluation.accumulate()
-    # precision: [IoU thresholds, recall points, classes, area ranges, max detections], -1 where undefined.
-    precision = evaluation.eval["precision"][..., -1]
+    # precision: [IoU thresholds, recall points, classes, area ranges], -1 where undefined.
+    precision = accumulate_precision(ordered, num_classes, num_areas, params.iouThrs, params.recThrs,
+                                     params.maxDets[-1])
 
     def mean(values: np.ndarray) -> float:
         valid = values[values > -1]
@@ -418,9 +468,55 @@ def summarize(images: Iterable[ImageEval], iou_type: str, class_ids: Sequence[in
         "ap_small": mean(precision[:, :, :, 1]),
         "ap_medium": mean(precision[:, :, :, 2]),
         "ap_large": mean(precision[:, :, :, 3]),
-        "per_class": {int(c): mean(precision[:, :, k, 0]) for k, c in enumerate(params.catIds)},
+        "per_class": {int(c): mean(precision[:, :, k, 0]) for k, c in enumerate(class_ids)},
         "pr_curves": _pr_curves(precision[:, :, :, 0], iou_50, iou_75),
     }
+
+
+def accumulate_precision(ordered: Sequence[ImageEval], num_classes: int, num_areas: int, iou_thresholds: np.ndarray,
+                         recall_thresholds: np.ndarray, max_detections: int) -> np.ndarray:
+    """``COCOeval.accumulate``'s precision at ``max_detections`` (its last maxDets), ``[T, R, K, A]``, -1 where
+    COCO leaves it undefined.
+
+    The same operations on the same float64 values in the same order as pycocotools 2.0's ``accumulate`` (so
+    the same numbers to the bit; ``tests/test_metrics.py`` and ``benchmarks/evaluator.py`` compare them with
+    COCOeval itself), without its Python loops over every maxDets, IoU threshold, detection and recall point
+    (seconds per slice at 80 classes): only the last maxDets is reported, the running maximum from the end is
+    ``np.maximum.accumulate`` and the recall lookup is vectorized. Images are in COCO's order (``ordered``).
+    """
+    num_ious, num_recalls = len(iou_thresholds), len(recall_thresholds)
+    precision = -np.ones((num_ious, num_recalls, num_classes, num_areas))
+    # Each (class, area) entry's per-image results, in image order (COCO skips images without a result).
+    grouped: Dict[Tuple[int, int], List[ImageClassEval]] = collections.defaultdict(list)
+    for image in ordered:
+        for key, result in image.results.items():
+            grouped[key].append(result)
+    for (k, a), entries in grouped.items():
+        dt_scores = np.concatenate([e["dtScores"][0:max_detections] for e in entries])
+        order = np.argsort(-dt_scores, kind="mergesort")
+        dtm = np.concatenate([e["dtMatches"][:, 0:max_detections] for e in entries], axis=1)[:, order]
+        dt_ignore = np.concatenate([e["dtIgnore"][:, 0:max_detections] for e in entries], axis=1)[:, order]
+        gt_ignore = np.concatenate([e["gtIgnore"] for e in entries])
+        npig = np.count_nonzero(gt_ignore == 0)
+        if npig == 0:
+            continue
+        tps = np.logical_and(dtm, np.logical_not(dt_ignore))
+        fps = np.logical_and(np.logical_not(dtm), np.logical_not(dt_ignore))
+        tp_sum = np.cumsum(tps, axis=1).astype(np.float64)
+        fp_sum = np.cumsum(fps, axis=1).astype(np.float64)
+        num_dt = tp_sum.shape[1]
+        recall = tp_sum / npig
+        pr = tp_sum / (fp_sum + tp_sum + np.spacing(1))
+        # COCO: for i in range(nd-1, 0, -1): pr[i-1] = max(pr[i-1], pr[i]) -- a running maximum from the end.
+        pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
+        for t in range(num_ious):
+            q = np.zeros((num_recalls,))
+            positions = np.searchsorted(recall[t], recall_thresholds, side="left")
+            # COCO fills recall points until the first position past the last detection (IndexError).
+            valid = positions < num_dt
+            q[valid] = pr[t, positions[valid]]
+            precision[t, :, k, a] = q
+    return precision
 
 
 def _pr_curves(precision: np.ndarray, iou_50: int, iou_75: int) -> np.ndarray:

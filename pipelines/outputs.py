@@ -62,6 +62,8 @@ class RunSummary:
     metrics: Dict[str, float] = dataclasses.field(default_factory=dict)
     baseline_metrics: Dict[str, float] = dataclasses.field(default_factory=dict)
     start_ms: int = 0  # when the run started (its pipeline_run context's creation)
+    # Why the model was or was not blessed: one line per threshold (value, bound, outcome), then notes.
+    blessing_reasons: List[str] = dataclasses.field(default_factory=list)
 
     def lines(self) -> List[str]:
         """A short human-readable report."""
@@ -77,6 +79,7 @@ class RunSummary:
             out.append(f"baseline (latest blessed model): {shown}")
         if self.blessed is not None:
             out.append(f"blessed: {'yes' if self.blessed else 'no'}")
+            out.extend(f"  {reason}" for reason in self.blessing_reasons)
         if self.pushed:
             out.append(f"pushed model: {self.pushed_model_path} (version {self.pushed_version})")
         else:
@@ -170,6 +173,41 @@ def _overall_metrics(eval_uri: str) -> Dict[str, Dict[str, float]]:
     return by_model
 
 
+def _number(value: Optional[float]) -> str:
+    return "undefined" if value is None or value != value else f"{value:.4f}"
+
+
+def blessing_reasons(eval_uri: str, blessed: bool) -> List[str]:
+    """Why the Evaluator blessed the model or not, from its output: every threshold of the stored EvalConfig
+    with the model's value, the bound and the outcome, the comparison with the baseline when there is one."""
+    from maskrcnn_tfx.report import evaluation as evaluation_lib  # pylint: disable=g-import-not-at-top
+
+    try:
+        result = evaluation_lib.load(eval_uri)
+    except Exception as e:  # pylint: disable=broad-except  (the summary must print whatever is readable)
+        return [f"cannot read the thresholds from {eval_uri}: {e}"]
+    reasons = []
+    applied = 0
+    for check in result.thresholds:
+        where = "" if check.slices == evaluation_lib.OVERALL else f" ({check.slices})"
+        if check.kind == "change":
+            numbers = (f"{_number(check.candidate)} vs baseline {_number(check.baseline)}"
+                       + (f" ({check.change:+.4f})" if check.change is not None else ""))
+        else:
+            numbers = _number(check.candidate)
+        outcome = check.outcome if check.outcome != "not applied" else f"not applied ({check.message})"
+        reasons.append(f"{check.metric}{where} {numbers}: must be {check.condition}: {outcome}")
+        applied += check.outcome in ("passed", "failed")
+    failed = [c for c in result.thresholds if c.outcome == "failed"]
+    if not blessed and not failed:
+        if not applied:
+            reasons.append("no threshold applied, and TFX blesses no model without one (on a first run the "
+                           "baseline comparison is dropped): set evaluation.min_mask_ap / min_box_ap")
+        else:
+            reasons.extend(result.validation_messages or ["the Evaluator did not validate the model"])
+    return reasons
+
+
 def summarize_run(config: PipelineConfig) -> Optional[RunSummary]:
     """The latest run with its blessing, pushed model and overall eval metrics filled in."""
     summary = latest_run(config)
@@ -189,6 +227,8 @@ def summarize(summary: RunSummary) -> RunSummary:
             by_model = _overall_metrics(summary.eval_uri)
             summary.metrics = by_model.get("candidate", by_model.get("", {}))
             summary.baseline_metrics = by_model.get("baseline", {})
+            if summary.blessed is not None:
+                summary.blessing_reasons = blessing_reasons(summary.eval_uri, summary.blessed)
     pusher = summary.executions.get("Pusher")
     if pusher is not None:
         pushed = pusher.outputs.get("pushed_model", [])

@@ -34,13 +34,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", help="the trainer preset (tiny, coco_r50fpn) or a preset YAML file")
     parser.add_argument("--train-steps", type=int, help="training steps (default: the preset's)")
     parser.add_argument("--eval-steps", type=int, help="evaluation steps of the Trainer (-1: whole eval split)")
-    parser.add_argument("--min-mask-ap", type=float, help="bless only with at least this mask AP")
-    parser.add_argument("--min-box-ap", type=float, help="bless only with at least this box AP")
+    parser.add_argument("--min-mask-ap", type=float, help="bless only with a mask AP strictly above this "
+                                                          "(default 0.001; -1: any AP)")
+    parser.add_argument("--min-box-ap", type=float, help="bless only with a box AP strictly above this "
+                                                         "(default 0.001; -1: any AP)")
     parser.add_argument("--max-ap-drop", type=float, help="bless only if AP is at most this below the last "
                                                           "blessed model's")
-    parser.add_argument("--box-metric", choices=("tfma", "pycocotools"),
-                        help="box AP implementation: TFMA's COCOMeanAveragePrecision or pycocotools")
-    parser.add_argument("--box-num-thresholds", type=int, help="score thresholds of TFMA's box AP (cost)")
+    parser.add_argument("--box-metric", choices=("pycocotools", "tfma"),
+                        help="box AP implementation: pycocotools (default: COCO's exact box AP, cheap at any "
+                             "number of classes) or tfma (TFMA's COCOMeanAveragePrecision: seconds per image "
+                             "and class)")
+    parser.add_argument("--box-num-thresholds", type=int, help="score thresholds of --box-metric tfma (cost)")
     parser.add_argument("--infra-validation", choices=("off", "docker", "kubernetes"),
                         help="check the model loads in TF Serving before pushing (default: off)")
     parser.add_argument("--beam-arg", action="append", dest="beam_args", metavar="ARG",

@@ -414,7 +414,7 @@ def tfma_run(fixture_images, tmp_path_factory):
     model_dir = str(work / "model")
     _save_fixed_model(fixture_images, model_dir)
     data = _write_examples(fixture_images, str(work / "eval.tfrecord"))
-    config = eval_config_lib.build_eval_config(LABEL_MAP, box_num_thresholds=NUM_THRESHOLDS)
+    config = eval_config_lib.build_eval_config(LABEL_MAP, box_metric="tfma", box_num_thresholds=NUM_THRESHOLDS)
     config.metrics_specs[0].metrics.append(
         eval_config_lib.coco_metric_config(LABEL_MAP, "bbox", name="coco_box_ap"))
     return _run_tfma(config, {"": model_dir}, data, str(work / "out"))
@@ -595,7 +595,7 @@ def test_object_count_buckets():
 def test_eval_config_reports_every_coco_number():
     import tensorflow_model_analysis as tfma
 
-    config = eval_config_lib.build_eval_config(LABEL_MAP)
+    config = eval_config_lib.build_eval_config(LABEL_MAP, box_metric="tfma")
     expected_names = set(metrics.metric_names("box_ap", LABEL_MAP.names))
     # TFMA's COCOMeanAveragePrecision, through its subclass that also evaluates with a baseline.
     assert issubclass(metrics.BoxMeanAveragePrecision, tfma.metrics.COCOMeanAveragePrecision)
@@ -613,12 +613,16 @@ def test_eval_config_reports_every_coco_number():
     assert config.model_specs[0].signature_name == eval_config_lib.DEFAULT_SIGNATURE
     assert len(config.model_specs) == 1
 
-    exact = eval_config_lib.build_eval_config(LABEL_MAP, box_metric="pycocotools")
+    # The default: the exact box AP, computed like the mask AP.
+    exact = eval_config_lib.build_eval_config(LABEL_MAP)
     assert [m.class_name for m in exact.metrics_specs[0].metrics] == ["COCOMaskAP", "COCOBoxAP"]
+    assert exact == eval_config_lib.build_eval_config(LABEL_MAP, box_metric="pycocotools")
     with pytest.raises(ValueError):
         eval_config_lib.build_eval_config(LABEL_MAP, box_metric="other")
     with pytest.raises(ValueError):
         eval_config_lib.build_eval_config(LABEL_MAP, min_mask_ap=1.5)
+    with pytest.raises(ValueError):
+        eval_config_lib.build_eval_config(LABEL_MAP, max_ap_drop=-0.1)
 
 
 def _box_match_inputs(metric, eval_config, model_names):
@@ -724,10 +728,11 @@ def test_blessing_end_to_end_against_a_baseline(fixture_images, tmp_path):
     data = _write_examples(fixture_images, str(tmp_path / "eval.tfrecord"))
     schema = _inferred_schema(data)  # decoded as in TFX, by the schema, unlike the other TFMA run
     mask_ap = _coco_reference(fixture_images, "segm")["ap"]
-    # The default box metric, TFMA's COCOMeanAveragePrecision, on the candidate and the baseline together; without
-    # its area-range configs (90 of its ~126 Beam computations for 3 classes, compared in the single-model run).
+    # TFMA's COCOMeanAveragePrecision (box_metric "tfma") on the candidate and the baseline together; without its
+    # area-range configs (90 of its ~126 Beam computations for 3 classes, compared in the single-model run).
     config = eval_config_lib.build_eval_config(LABEL_MAP, min_mask_ap=mask_ap - 0.05, min_box_ap=0.0,
-                                               max_ap_drop=0.0, with_baseline=True, box_num_thresholds=NUM_THRESHOLDS)
+                                               max_ap_drop=0.0, with_baseline=True, box_metric="tfma",
+                                               box_num_thresholds=NUM_THRESHOLDS)
     area_names = {f"box_ap{suffix}" for suffix in metrics.AREA_RANGE_SUFFIXES[1:]}
     kept = [m for m in config.metrics_specs[0].metrics
             if not m.config or json.loads(m.config).get("name") not in area_names]
@@ -764,3 +769,140 @@ def test_blessing_end_to_end_against_a_baseline(fixture_images, tmp_path):
               for f in s.failures}
     assert ("mask_ap", True) in failed and ("box_ap", True) in failed  # both fell against the baseline
     assert ("mask_ap", False) in failed  # and the worse model is under the mask AP bound
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A blessing that means something; the cost of TFMA's box metric
+# --------------------------------------------------------------------------------------------------------------
+
+def test_lower_bounds_are_strict_and_the_default_blesses_no_model_without_ap():
+    import tensorflow_model_analysis as tfma
+    from tfx.utils import proto_utils
+
+    from pipelines.config import EvaluationConfig
+
+    default = EvaluationConfig()
+    assert default.box_metric == eval_config_lib.DEFAULT_BOX_METRIC == "pycocotools"
+    bound = default.min_mask_ap
+    assert bound == default.min_box_ap == eval_config_lib.DEFAULT_MIN_AP > 0.0
+    config = eval_config_lib.build_eval_config(LABEL_MAP, min_mask_ap=default.min_mask_ap,
+                                               min_box_ap=default.min_box_ap)
+    assert not _validate(config, {"mask_ap": 0.0, "box_ap": 0.0})  # detects nothing: never blessed
+    assert not _validate(config, {"mask_ap": bound, "box_ap": 0.5})  # at the bound is not above it
+    assert not _validate(config, {"mask_ap": 0.5, "box_ap": bound})
+    assert _validate(config, {"mask_ap": float(np.nextafter(bound, 1.0)), "box_ap": 0.5})
+    # The bound the TFX Evaluator reads back from its JSON exec property is the same double.
+    read_back = proto_utils.json_to_proto(proto_utils.proto_to_json(config), tfma.EvalConfig())
+    lower = read_back.metrics_specs[0].metrics[0].per_slice_thresholds[0].threshold.value_threshold.lower_bound
+    assert lower.value == eval_config_lib.strict_lower_bound(bound) > bound
+    assert eval_config_lib.describe_lower_bound(lower.value) == f"above {bound:g}"
+    assert eval_config_lib.describe_lower_bound(0.5) == "at least 0.5"  # someone else's inclusive bound
+
+    def bounded(value):
+        return eval_config_lib.build_eval_config(LABEL_MAP, min_mask_ap=value, min_box_ap=value)
+
+    assert not _validate(bounded(0.0), {"mask_ap": 0.0, "box_ap": 0.0})
+    assert _validate(bounded(0.0), {"mask_ap": 1e-9, "box_ap": 1e-9})
+    # A negative bound passes every defined AP (smoke runs); undefined never passes; 1 passes nothing.
+    assert _validate(bounded(-1.0), {"mask_ap": 0.0, "box_ap": 0.0})
+    assert not _validate(bounded(-1.0), {"mask_ap": float("nan"), "box_ap": 0.0})
+    assert not _validate(bounded(1.0), {"mask_ap": 1.0, "box_ap": 1.0})
+    with pytest.raises(ValueError, match="min_box_ap"):
+        eval_config_lib.build_eval_config(LABEL_MAP, min_mask_ap=0.1, min_box_ap=-1.5)
+
+
+def _label_map_file(tmp_path, num_classes: int) -> str:
+    LabelMap.from_dict({c: f"class{c}" for c in range(1, num_classes + 1)}).save(str(tmp_path / "label_map.json"))
+    return str(tmp_path)
+
+
+def test_a_slow_tfma_box_metric_configuration_is_warned_about_before_the_run(tmp_path, caplog):
+    import logging
+
+    from tensorflow_model_analysis.metrics import metric_specs
+
+    from pipelines.config import PipelineConfig
+
+    # The estimate's count is TFMA's: one box matching per (class, IoU threshold, area range), plus the mask AP.
+    computations = metric_specs.to_computations(eval_config_lib.build_eval_config(LABEL_MAP, box_metric="tfma")
+                                                .metrics_specs, eval_config=eval_config_lib.build_eval_config(
+                                                    LABEL_MAP, box_metric="tfma"))
+    matchers = {p.name for c in computations for p in getattr(c, "preprocessors", None) or []
+                if "BoundingBoxMatch" in type(getattr(p, "_inner", p)).__name__}
+    cost = eval_config_lib.tfma_box_metric_cost(len(LABEL_MAP), 100)
+    assert len(matchers) == cost.computations - 1 == 40 * len(LABEL_MAP)
+    coco = eval_config_lib.tfma_box_metric_cost(80, 100)
+    assert coco.computations == 3201 and coco.slow
+    assert eval_config_lib.tfma_box_metric_cost(80, 1000).seconds_per_image > coco.seconds_per_image
+
+    data = _label_map_file(tmp_path, 80)
+
+    def warnings_of(evaluation):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="pipelines.config"):
+            PipelineConfig.from_dict({"pipeline_root": str(tmp_path / "root"), "data": {"root": data},
+                                      "evaluation": evaluation}).validate()
+        return [r.getMessage() for r in caplog.records if r.name == "pipelines.config"]
+
+    [message] = warnings_of({"box_metric": "tfma", "box_num_thresholds": 100})
+    assert "3,201 Beam computations" in message and "80 classes" in message
+    assert f"about {coco.seconds_per_image:,.0f} s of Evaluator time per eval image" in message
+    assert "'pycocotools'" in message
+    assert warnings_of({}) == []  # the default exact box AP has nothing to warn about
+    assert warnings_of({"box_metric": "pycocotools"}) == []
+
+
+def _write_examples_with_predictions(images: Sequence[FixtureImage], path: str) -> str:
+    """The examples with each image's detections stored as features named like the model's outputs (flat)."""
+    import tensorflow as tf
+
+    with tf.io.TFRecordWriter(path) as writer:
+        for image in images:
+            proto = ef.to_tf_example(image.example)
+            feature = proto.features.feature
+            feature[metrics.DETECTION_BOXES].float_list.value.extend(np.asarray(image.det_boxes).reshape(-1))
+            feature[metrics.DETECTION_CLASSES].float_list.value.extend(np.asarray(image.det_classes, np.float32))
+            feature[metrics.DETECTION_SCORES].float_list.value.extend(image.det_scores)
+            feature[metrics.NUM_DETECTIONS].float_list.value.append(float(len(image.det_scores)))
+            feature[metrics.DETECTION_MASKS].float_list.value.extend(np.asarray(image.det_masks).reshape(-1))
+            writer.write(proto.SerializeToString())
+    return path
+
+
+def _run_stored(images: Sequence[FixtureImage], work, **config_kwargs) -> str:
+    import tensorflow_model_analysis as tfma
+
+    data = _write_examples_with_predictions(images, str(work / "eval.tfrecord"))
+    config = eval_config_lib.build_eval_config(LABEL_MAP, stored_predictions=True, **config_kwargs)
+    output = str(work / "out")
+    tfma.run_model_analysis(eval_config=config, data_location=data, output_path=output,
+                            extractors=metrics.custom_extractors(None, config))
+    return output
+
+
+def test_stored_predictions_match_cocoeval_and_the_summary_says_why_a_model_is_not_blessed(fixture_images,
+                                                                                           tmp_path):
+    import tensorflow_model_analysis as tfma
+
+    from pipelines import outputs
+    from pipelines.config import EvaluationConfig
+
+    default = EvaluationConfig()
+    bounds = {"min_mask_ap": default.min_mask_ap, "min_box_ap": default.min_box_ap}
+    (tmp_path / "good").mkdir()
+    good = _run_stored(fixture_images, tmp_path / "good", **bounds)
+    values = _slice_metrics(tfma.load_eval_result(good))
+    _assert_close(_as_summary(values, "mask_ap"), _coco_reference(fixture_images, "segm"), "stored mask_ap")
+    _assert_close(_as_summary(values, "box_ap"), _coco_reference(fixture_images, "bbox"), "stored box_ap")
+    assert tfma.load_validation_result(good).validation_ok
+    reasons = outputs.blessing_reasons(good, blessed=True)
+    assert f"mask_ap {values['mask_ap']:.4f}: must be above {default.min_mask_ap:g}: passed" in reasons
+    assert f"box_ap {values['box_ap']:.4f}: must be above {default.min_box_ap:g}: passed" in reasons
+
+    # A model that detects nothing: AP 0, the default bounds fail, and the summary says so for each.
+    (tmp_path / "nothing").mkdir()
+    nothing = _run_stored(_without_detections(fixture_images, 0.0, seed=0), tmp_path / "nothing", **bounds)
+    assert not tfma.load_validation_result(nothing).validation_ok
+    reasons = outputs.blessing_reasons(nothing, blessed=False)
+    assert f"mask_ap 0.0000: must be above {default.min_mask_ap:g}: failed" in reasons
+    assert f"box_ap 0.0000: must be above {default.min_box_ap:g}: failed" in reasons

@@ -51,6 +51,10 @@ def test_first_run_blesses_and_pushes_an_integer_version(runs):
     # The command's report names the pushed model, its version, the metrics and the blessing.
     assert summary.pushed_model_path in first.stdout and f"version {version}" in first.stdout
     assert "mask_ap" in first.stdout and "box_ap" in first.stdout and "blessed: yes" in first.stdout
+    # ... and why: each bound with the model's value; no baseline yet, so no comparison applied.
+    for name in ("mask_ap", "box_ap"):
+        assert f"{name} {summary.metrics[name]:.4f}: must be above -1: passed" in first.stdout
+    assert "not applied (no baseline" in first.stdout
 
 
 def test_rerun_reuses_the_cache(runs):
@@ -66,6 +70,12 @@ def test_too_high_threshold_is_not_blessed_nor_pushed(runs):
     assert strict.summary.executions["Evaluator"].state == "COMPLETE"
     assert strict.summary.blessed is False
     assert not strict.summary.pushed
+    # The summary says why: the mask AP bound failed (with the model's value), the box AP bound passed.
+    reasons = strict.summary.blessing_reasons
+    mask_ap, box_ap = strict.summary.metrics["mask_ap"], strict.summary.metrics["box_ap"]
+    assert f"mask_ap {mask_ap:.4f}: must be above 1: failed" in reasons, reasons
+    assert f"box_ap {box_ap:.4f}: must be above -1: passed" in reasons, reasons
+    assert any("blessed: no" == line for line in strict.summary.lines())
     assert strict.versions == runs["first"].versions
 
 
@@ -80,6 +90,11 @@ def test_new_span_is_evaluated_against_the_last_blessed_model(runs):
     assert [b.uri for b in baseline] == [runs["first"].summary.executions["Trainer"].outputs["model"][0].uri]
     assert "mask_ap" in span2.baseline_metrics and "box_ap" in span2.baseline_metrics
     assert span2.blessed is True and span2.pushed
+    # The baseline comparison is in the summary: candidate vs baseline, the allowed drop, the outcome.
+    for name in ("mask_ap", "box_ap"):
+        change = [r for r in span2.blessing_reasons if r.startswith(f"{name} ") and "vs baseline" in r]
+        assert change and change[0].endswith("must be at most 1 below the baseline: passed"), span2.blessing_reasons
+        assert f"{span2.metrics[name]:.4f} vs baseline {span2.baseline_metrics[name]:.4f}" in change[0]
     assert len(runs["span2"].versions) == 2
 
 

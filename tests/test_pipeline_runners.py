@@ -69,12 +69,12 @@ def test_invalid_configuration_lists_every_problem(tmp_path, shapes_data):
         PipelineConfig.from_dict({"evaluation": {"min_mask_ap": "high"}})
     config = PipelineConfig.from_dict({
         "runner": "spark", "data": {"root": shapes_data, "train_pattern": "span-{SPAN}/train/*"},
-        "evaluation": {"min_box_ap": 1.5}, "infra_validation": {"mode": "docker-compose"}})
+        "evaluation": {"min_box_ap": 1.5, "box_metric": "coco"}, "infra_validation": {"mode": "docker-compose"}})
     with pytest.raises(PipelineConfigError) as info:
         config.validate()
     message = str(info.value)
-    for expected in ("runner must be one of", "{SPAN}", "evaluation.min_box_ap must be in [0, 1]",
-                     "infra_validation.mode"):
+    for expected in ("runner must be one of", "{SPAN}", "evaluation.min_box_ap must be in [-1, 1]",
+                     "evaluation.box_metric must be one of pycocotools, tfma, not 'coco'", "infra_validation.mode"):
         assert expected in message, message
     with pytest.raises(PipelineConfigError, match="data.root is required"):
         PipelineConfig().validate()
@@ -137,7 +137,13 @@ def test_default_thresholds_let_a_first_run_be_blessed(tmp_path, shapes_data):
                                                                   rubber_stamp=True)
         return tfma.metrics.metric_thresholds_from_metrics_specs(eval_config.metrics_specs, eval_config=eval_config)
 
-    assert {key.name for key in first_run_thresholds({})} == {"mask_ap", "box_ap"}
+    defaults = first_run_thresholds({})
+    assert {key.name for key in defaults} == {"mask_ap", "box_ap"}
+    # The default bounds are strict: AP must be above 0.001, so a model that detects nothing is not blessed.
+    from pipelines import eval_config as eval_config_lib  # pylint: disable=g-import-not-at-top
+    for pairs in defaults.values():
+        assert {threshold.lower_bound.value for _, threshold in pairs} == {
+            eval_config_lib.strict_lower_bound(eval_config_lib.DEFAULT_MIN_AP)}
     # Without lower bounds only the change thresholds are left, which a first run drops: nothing would bless.
     assert not first_run_thresholds({"min_mask_ap": None, "min_box_ap": None})
 

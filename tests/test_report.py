@@ -191,8 +191,8 @@ def test_run_page_shows_metrics_blessing_curves_slices_training_data_and_gallery
 
     # The blessing: its thresholds from the stored EvalConfig, each with its outcome.
     thresholds = {(t["metric"], t["condition"]): t for t in facts["evaluation"]["thresholds"]}
-    assert thresholds[("mask_ap", "at least 0")]["outcome"] == "passed"
-    assert thresholds[("box_ap", "at least 0")]["outcome"] == "passed"
+    assert thresholds[("mask_ap", "above -1")]["outcome"] == "passed"
+    assert thresholds[("box_ap", "above -1")]["outcome"] == "passed"
     assert facts["run"]["blessed"] is True and facts["run"]["pushed_version"] == summary.pushed_version
 
     # Per-class AP for every class of the label map, its chart, and the precision-recall curves.
@@ -239,14 +239,14 @@ def test_not_blessed_run_names_the_threshold_that_failed(report, local_pipeline)
     facts = _facts(report.pages["strict"])
     assert facts["run"]["blessed"] is False and facts["run"]["pushed"] is False
     outcomes = {(t["metric"], t["condition"]): t["outcome"] for t in facts["evaluation"]["thresholds"]}
-    assert outcomes[("mask_ap", "at least 1")] == "failed"
-    assert outcomes[("box_ap", "at least 0")] == "passed"
+    assert outcomes[("mask_ap", "above 1")] == "failed"
+    assert outcomes[("box_ap", "above -1")] == "passed"
     # Its Trainer was cached: the training curves are those of the first run's model, which the page names.
     first_slug = os.path.basename(os.path.dirname(report.pages["first"]))
     assert facts["training"]["cached_from"] == {"number": 1, "href": f"../{first_slug}/index.html"}
     with open(report.pages["strict"], encoding="utf-8") as f:
         text = f.read()
-    assert "Failed:" in text and "<code>mask_ap</code> at least 1" in text
+    assert "Failed:" in text and "<code>mask_ap</code> above 1" in text
 
 
 @pytest.mark.slow

@@ -168,7 +168,9 @@ def _threshold_conditions(threshold) -> List[Tuple[str, str]]:
     if threshold.HasField("value_threshold"):
         bounds = threshold.value_threshold
         if bounds.HasField("lower_bound"):
-            found.append(("value", f"at least {bounds.lower_bound.value:g}"))
+            # "above 0.001" for the pipeline's strict bounds (stored as the next double up), else "at least".
+            from pipelines.eval_config import describe_lower_bound  # pylint: disable=g-import-not-at-top
+            found.append(("value", describe_lower_bound(bounds.lower_bound.value)))
         if bounds.HasField("upper_bound"):
             found.append(("value", f"at most {bounds.upper_bound.value:g}"))
     if threshold.HasField("change_threshold"):
