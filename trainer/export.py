@@ -8,6 +8,12 @@ sends JPEG/PNG bytes and reads boxes, classes, scores and masks in the original 
 - ``serving_tf_example`` (:data:`TF_EXAMPLE_SIGNATURE`): input :data:`EXAMPLES_INPUT`, serialized raw
   tf.Examples (the product's example format), for TFMA; only the encoded image is read.
 
+Before decoding anything, both read each image's declared size from its header (JPEG frame header, PNG IHDR)
+and refuse, with INVALID_ARGUMENT naming the image's index, its size and the limit, an image above
+``max_image_pixels`` (the export configuration's; see :data:`maskrcnn_tfx.images.DEFAULT_MAX_IMAGE_PIXELS`),
+and bytes that are neither JPEG nor PNG. Only standard TensorFlow ops do it, so TF Serving enforces it too.
+EXIF orientation is ignored: the stored pixel grid is the image, as in training.
+
 Both return the same outputs (:data:`OUTPUT_KEYS`):
 
 - ``detection_boxes``: float32 [B, N, 4], normalized [ymin, xmin, ymax, xmax] of the original image;
