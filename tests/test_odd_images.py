@@ -174,6 +174,17 @@ def test_converter_limit_is_configurable(tmp_path):
                               "(export.max_image_pixels)")
 
 
+def test_converter_cli_takes_the_limit_and_names_the_file(tmp_path, capsys):
+    from maskrcnn_tfx import cli
+
+    annotations, images_dir = _write_coco(str(tmp_path), ["grey.jpg", "rgba.png"])
+    code = cli.main(["convert-coco", "--annotations", annotations, "--images", images_dir, "--output",
+                     str(tmp_path / "out"), "--workers", "1", "--no-progress", "--max-image-pixels", "2240"])
+    assert code == 1
+    assert (f"error: {os.path.join(images_dir, 'grey.jpg')}: image 1: the image is 64x48 (WxH) = 3072 pixels, "
+            f"above the limit of 2240 pixels" in capsys.readouterr().err)
+
+
 def test_annotations_made_on_the_exif_rotated_view_are_refused_with_the_reason(tmp_path):
     """The JSON gives the photo's displayed size (3000x4000), its pixels are stored 4000x3000 with EXIF 6."""
     annotations, images_dir = _write_coco(str(tmp_path), ["exif_4000x3000.jpg"],
