@@ -65,8 +65,8 @@ if TYPE_CHECKING:
 
 # The signature's names live in a TensorFlow-free module, so clients can import them alone.
 from maskrcnn_tfx.signature import (EXAMPLES_INPUT, IMAGE_TOO_LARGE_MESSAGE, IMAGES_INPUT,  # noqa: E402,F401
-                                    LABEL_MAP_ASSET, NOT_AN_IMAGE_MESSAGE, OUTPUT_KEYS, SERVING_SIGNATURE, TF_EXAMPLE_SIGNATURE,
-                                    WARMUP_FILE)
+                                    LABEL_MAP_ASSET, NOT_AN_IMAGE_MESSAGE, OUTPUT_KEYS, SERVING_SIGNATURE,
+                                    TF_EXAMPLE_SIGNATURE, WARMUP_FILE)
 
 # Serving precisions: float32 (the default) or bfloat16 compute for the heavy layers (see _BFLOAT16_FLOAT32_PARTS).
 PRECISIONS = ("float32", "bfloat16")
