@@ -8,13 +8,13 @@ utility for it). No TensorFlow.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from maskrcnn_tfx import images as images_lib
 from maskrcnn_tfx import masks as masks_lib
 from maskrcnn_tfx.label_map import LabelMap
 
@@ -108,7 +108,8 @@ def overlay(image_bytes: bytes, image: ImageDetections, alpha: float = 0.45):
     """The image with each instance's mask tinted, its box drawn and ``name score`` written (a PIL image)."""
     from PIL import Image, ImageDraw  # pylint: disable=import-outside-toplevel
 
-    picture = Image.open(io.BytesIO(image_bytes)).convert("RGB")
+    # The stored pixel grid as the model decoded it (EXIF orientation ignored, 16-bit grey not saturated).
+    picture = Image.fromarray(images_lib.decode_rgb(image_bytes))
     if picture.size != (image.width, image.height):
         raise ValueError(f"the image is {picture.size[0]}x{picture.size[1]} but the detections are for "
                          f"{image.width}x{image.height}")
