@@ -28,7 +28,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from maskrcnn_tfx import example_format as ef
-from maskrcnn_tfx.data.coco import BadImageError, inspect_image
+from maskrcnn_tfx.data.coco import BadImageError, ImageTooLargeError, inspect_image, size_mismatch_problem
+from maskrcnn_tfx.images import DEFAULT_MAX_IMAGE_PIXELS
 from maskrcnn_tfx.label_map import LabelMap
 
 __all__ = ["RULES", "Problem", "ExampleCheck", "check_example", "inspect_example", "BOX_TOLERANCE"]
@@ -38,6 +39,7 @@ RECORD_UNPARSEABLE = "record_unparseable"
 SOURCE_ID_NOT_NUMERIC = "source_id_not_numeric"
 IMAGE_SIZE_INVALID = "image_size_invalid"
 IMAGE_UNDECODABLE = "image_undecodable"
+IMAGE_TOO_LARGE = "image_too_large"
 IMAGE_SIZE_MISMATCH = "image_size_mismatch"
 INSTANCE_LISTS_MISMATCH = "instance_lists_mismatch"
 MASK_COUNT_MISMATCH = "mask_count_mismatch"
@@ -57,7 +59,10 @@ RULES: Dict[str, str] = {
                            "as a number)",
     IMAGE_SIZE_INVALID: "image/height or image/width is absent or not one positive integer",
     IMAGE_UNDECODABLE: "image/encoded is absent, corrupt, truncated, or neither JPEG nor PNG",
-    IMAGE_SIZE_MISMATCH: "the decoded image's size differs from image/height x image/width",
+    IMAGE_TOO_LARGE: "the image's header declares more pixels than the limit (export.max_image_pixels, the "
+                     "served model's); it is refused before decoding",
+    IMAGE_SIZE_MISMATCH: "the decoded image's size (its stored pixel grid: EXIF orientation is ignored) "
+                         "differs from image/height x image/width",
     INSTANCE_LISTS_MISMATCH: "the per-instance lists (4 box coordinates, class label; class text, is_crowd "
                              "and area where present) differ in length",
     MASK_COUNT_MISMATCH: "the number of masks differs from the number of boxes",
@@ -128,13 +133,17 @@ class ExampleCheck:
     problems: List[Problem]
 
 
-def check_example(serialized: bytes, label_map: LabelMap) -> List[Problem]:
+def check_example(serialized: bytes, label_map: LabelMap,
+                  max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> List[Problem]:
     """The problems of one serialized example (empty when it satisfies every rule of :data:`RULES`)."""
-    return inspect_example(serialized, label_map).problems
+    return inspect_example(serialized, label_map, max_image_pixels).problems
 
 
-def inspect_example(serialized: bytes, label_map: LabelMap) -> ExampleCheck:
+def inspect_example(serialized: bytes, label_map: LabelMap,
+                    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> ExampleCheck:
     """Checks one serialized example against every rule of :data:`RULES`.
+
+    An image whose header declares more than ``max_image_pixels`` pixels is not decoded (IMAGE_TOO_LARGE).
 
     Every rule is checked independently, so one call lists all of a record's problems, not only the first;
     an instance-level check runs on the instances whose data is present (e.g. with 3 boxes and 2 masks, the
@@ -173,7 +182,7 @@ def inspect_example(serialized: bytes, label_map: LabelMap) -> ExampleCheck:
             else "image/source_id is absent")
 
     height, width = _image_size(int_values(ef.HEIGHT), int_values(ef.WIDTH), add)
-    _check_image(bytes_values(ef.ENCODED), height, width, add)
+    _check_image(bytes_values(ef.ENCODED), height, width, max_image_pixels, add)
 
     ymin, xmin = float_values(ef.BBOX_YMIN), float_values(ef.BBOX_XMIN)
     ymax, xmax = float_values(ef.BBOX_YMAX), float_values(ef.BBOX_XMAX)
@@ -212,19 +221,25 @@ def _image_size(heights: Sequence[int], widths: Sequence[int], add: _AddProblem)
     return 0, 0
 
 
-def _check_image(encoded: Sequence[bytes], height: int, width: int, add: _AddProblem) -> None:
+def _check_image(encoded: Sequence[bytes], height: int, width: int, max_image_pixels: int,
+                 add: _AddProblem) -> None:
     if len(encoded) != 1 or not encoded[0]:
         add(IMAGE_UNDECODABLE, "image/encoded is absent or empty" if not encoded or not encoded[0]
             else f"image/encoded holds {len(encoded)} values; one image is expected")
         return
     try:
-        _, decoded_height, decoded_width = inspect_image(encoded[0])
+        _, decoded_height, decoded_width = inspect_image(encoded[0], max_image_pixels)
+    except ImageTooLargeError as e:
+        add(IMAGE_TOO_LARGE, str(e))
+        return
     except BadImageError as e:
         add(IMAGE_UNDECODABLE, str(e))
         return
-    if height and (decoded_height, decoded_width) != (height, width):
-        add(IMAGE_SIZE_MISMATCH, f"the image decodes to {decoded_width}x{decoded_height} (WxH) but "
-                                 f"image/width x image/height say {width}x{height}")
+    if height:
+        mismatch = size_mismatch_problem(encoded[0], decoded_height, decoded_width, height, width,
+                                         "image/width x image/height")
+        if mismatch:
+            add(IMAGE_SIZE_MISMATCH, mismatch)
 
 
 def _check_list_lengths(ymin: Sequence[float], xmin: Sequence[float], ymax: Sequence[float],

@@ -54,6 +54,7 @@ from tfx.utils import json_utils
 
 from components.annotation_checks import RULES, ExampleCheck, Problem, inspect_example
 from maskrcnn_tfx import label_map as label_map_lib
+from maskrcnn_tfx.images import DEFAULT_MAX_IMAGE_PIXELS
 
 __all__ = ["AnnotationValidator", "AnnotationValidatorExecutor", "AnnotationValidatorSpec", "InstanceAnomalies",
            "AnnotationValidationError", "REPORT_FILE", "REPORT_FORMAT", "report_path", "load_report",
@@ -66,6 +67,7 @@ LABEL_MAP_PATH_KEY = "label_map_path"
 EXCLUDE_SPLITS_KEY = "exclude_splits"
 FAIL_ON_ERROR_KEY = "fail_on_error"
 MAX_LISTED_RECORDS_KEY = "max_listed_records"
+MAX_IMAGE_PIXELS_KEY = "max_image_pixels"
 
 REPORT_FILE = "annotation_report.json"
 REPORT_FORMAT = "maskrcnn-tfx/annotation-report@1"
@@ -109,6 +111,7 @@ class AnnotationValidatorSpec(ComponentSpec):
         EXCLUDE_SPLITS_KEY: ExecutionParameter(type=str, optional=True),  # A JSON list, as TFX's own components.
         FAIL_ON_ERROR_KEY: ExecutionParameter(type=bool, optional=True),
         MAX_LISTED_RECORDS_KEY: ExecutionParameter(type=int, optional=True),
+        MAX_IMAGE_PIXELS_KEY: ExecutionParameter(type=int, optional=True),
     }
     INPUTS = {EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples)}
     OUTPUTS = {ANOMALIES_KEY: ChannelParameter(type=InstanceAnomalies)}
@@ -186,15 +189,16 @@ class _TallyFn(beam.CombineFn):
 class _CheckRecordFn(beam.DoFn):
     """(file, serialized example) -> ExampleCheck, its problems tagged with the file's name."""
 
-    def __init__(self, label_map: label_map_lib.LabelMap):
+    def __init__(self, label_map: label_map_lib.LabelMap, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
         super().__init__()
         self._label_map = label_map
+        self._max_image_pixels = max_image_pixels
         self._examples = beam.metrics.Metrics.counter(_METRICS_NAMESPACE, "examples_checked")
         self._bad_examples = beam.metrics.Metrics.counter(_METRICS_NAMESPACE, "examples_with_errors")
 
     def process(self, element: Tuple[str, bytes]) -> Iterator[ExampleCheck]:
         path, record = element
-        check = inspect_example(record, self._label_map)
+        check = inspect_example(record, self._label_map, self._max_image_pixels)
         self._examples.inc()
         if check.problems:
             self._bad_examples.inc()
@@ -228,7 +232,7 @@ def _report_json(tally: SplitTally, report_fields: Dict[str, Any], max_records: 
 @beam.ptransform_fn
 def _ValidateSplit(pbegin: beam.pvalue.PBegin, files_by_compression: Dict[str, List[str]],  # pylint: disable=invalid-name
                    label_map: label_map_lib.LabelMap, report_file: str, report_fields: Dict[str, Any],
-                   max_records: int) -> beam.pvalue.PDone:
+                   max_records: int, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> beam.pvalue.PDone:
     """Reads a split's files, checks every record and writes the split's report (one JSON file)."""
     reads = [
         pbegin
@@ -241,7 +245,7 @@ def _ValidateSplit(pbegin: beam.pvalue.PBegin, files_by_compression: Dict[str, L
         | "Flatten" >> beam.Flatten()
         # Reading a gzip file cannot be split; reshuffling spreads its records' (costly) checks over workers.
         | "Reshuffle" >> beam.Reshuffle()
-        | "Check" >> beam.ParDo(_CheckRecordFn(label_map))
+        | "Check" >> beam.ParDo(_CheckRecordFn(label_map, max_image_pixels))
         | "Tally" >> beam.CombineGlobally(_TallyFn(max_records))
         | "ToJson" >> beam.Map(_report_json, report_fields, max_records)
         | "Write" >> beam.io.WriteToText(report_file, shard_name_template="", num_shards=1)
@@ -378,7 +382,7 @@ class AnnotationValidatorExecutor(base_beam_executor.BaseBeamExecutor):
           output_dict: ``anomalies``: one InstanceAnomalies artifact, receives the per-split reports.
           exec_properties: ``label_map_path`` (a label map file or a directory holding ``label_map.json``),
             ``exclude_splits`` (JSON list), ``fail_on_error`` (default True), ``max_listed_records``
-            (default 100).
+            (default 100), ``max_image_pixels`` (default :data:`maskrcnn_tfx.images.DEFAULT_MAX_IMAGE_PIXELS`).
         """
         self._log_startup(input_dict, output_dict, exec_properties)
         examples = artifact_utils.get_single_instance(input_dict[EXAMPLES_KEY])
@@ -393,6 +397,10 @@ class AnnotationValidatorExecutor(base_beam_executor.BaseBeamExecutor):
         max_records = DEFAULT_MAX_LISTED_RECORDS if max_records is None else int(max_records)
         if max_records < 0:
             raise ValueError(f"{MAX_LISTED_RECORDS_KEY} must be >= 0, got {max_records}")
+        max_image_pixels = exec_properties.get(MAX_IMAGE_PIXELS_KEY)
+        max_image_pixels = DEFAULT_MAX_IMAGE_PIXELS if max_image_pixels is None else int(max_image_pixels)
+        if max_image_pixels < 1:
+            raise ValueError(f"{MAX_IMAGE_PIXELS_KEY} must be positive, got {max_image_pixels}")
         label_map_path = _resolve_label_map_path(exec_properties.get(LABEL_MAP_PATH_KEY) or "")
         label_map = label_map_lib.LabelMap.load(label_map_path)
 
@@ -417,7 +425,7 @@ class AnnotationValidatorExecutor(base_beam_executor.BaseBeamExecutor):
                 fields = {"split": split, "label_map_path": label_map_path,
                           "examples_uri": os.path.dirname(examples_utils.get_split_file_patterns([examples], split)[0])}
                 _ = pipeline | f"Validate[{split}]" >> _ValidateSplit(  # pylint: disable=no-value-for-parameter
-                    files[split], label_map, out_path, fields, max_records)
+                    files[split], label_map, out_path, fields, max_records, max_image_pixels)
 
         reports = {split: load_report(anomalies.uri, split) for split in splits}
         errors = sum(r["errors"] for r in reports.values())
@@ -441,7 +449,8 @@ class AnnotationValidator(base_component.BaseComponent):
 
     def __init__(self, examples: types.BaseChannel, label_map_path: str, *,
                  exclude_splits: Optional[Sequence[str]] = None, fail_on_error: bool = True,
-                 max_listed_records: int = DEFAULT_MAX_LISTED_RECORDS):
+                 max_listed_records: int = DEFAULT_MAX_LISTED_RECORDS,
+                 max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
         """Args:
           examples: a channel of Examples, e.g. ``example_gen.outputs["examples"]``.
           label_map_path: the label map the examples were converted with (``label_map.json``, or the
@@ -449,15 +458,20 @@ class AnnotationValidator(base_component.BaseComponent):
           exclude_splits: splits not to validate (default: none, every split is checked).
           fail_on_error: fail the execution when any rule is broken (the report is written first).
           max_listed_records: problems listed in each split's report; the counts always cover every record.
+          max_image_pixels: an image whose header declares more pixels is an error (``image_too_large``),
+            not decoded; pass the trainer configuration's ``export.max_image_pixels``, the served model's limit.
         """
         if max_listed_records < 0:
             raise ValueError(f"max_listed_records must be >= 0, got {max_listed_records}")
+        if max_image_pixels < 1:
+            raise ValueError(f"max_image_pixels must be positive, got {max_image_pixels}")
         spec = AnnotationValidatorSpec(
             examples=examples,
             label_map_path=label_map_path,
             exclude_splits=json_utils.dumps(list(exclude_splits or [])),
             fail_on_error=bool(fail_on_error),
             max_listed_records=int(max_listed_records),
+            max_image_pixels=int(max_image_pixels),
             anomalies=types.Channel(type=InstanceAnomalies),
         )
         super().__init__(spec=spec)

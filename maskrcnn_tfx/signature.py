@@ -34,3 +34,7 @@ SAVED_MODEL_FILE = "saved_model.pb"
 
 # Part of the error the model raises for bytes that are neither JPEG nor PNG.
 NOT_AN_IMAGE_MESSAGE = "is not a decodable JPEG or PNG image"
+# Part of the error the model raises for an image whose header declares more pixels than the export's
+# max_image_pixels; the whole message reads "Input image 0 of the batch is 20000x20000 (WxH) = 400000000 pixels,
+# above the limit of 67108864 pixels (export.max_image_pixels)".
+IMAGE_TOO_LARGE_MESSAGE = "above the limit"

@@ -89,8 +89,13 @@ def create_pipeline(config: PipelineConfig, *, validated: bool = False) -> tfx.d
     example_validator = tfx.components.ExampleValidator(statistics=statistics_gen.outputs["statistics"],
                                                         schema=schema_gen.outputs["schema"])
     anomalies_gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"])
+    from trainer import config as trainer_config  # pylint: disable=g-import-not-at-top
+
+    # Training data is held to the served model's image size limit.
+    max_image_pixels = trainer_config.load_config(overrides=config.trainer_custom_config()).export.max_image_pixels
     annotation_validator = AnnotationValidator(examples=example_gen.outputs["examples"],
-                                               label_map_path=config.label_map_path)
+                                               label_map_path=config.label_map_path,
+                                               max_image_pixels=max_image_pixels)
 
     transform = tfx.components.Transform(examples=example_gen.outputs["examples"],
                                          schema=schema_gen.outputs["schema"], preprocessing_fn=PREPROCESSING_FN)

@@ -11,6 +11,7 @@ from typing import Callable, Dict, List
 import numpy as np
 import pytest
 
+import _odd_images
 import maskrcnn_tfx  # noqa: F401  (before TensorFlow)
 from components import annotation_checks as checks
 from maskrcnn_tfx import example_format as ef
@@ -172,6 +173,8 @@ BAD_RECORDS: Dict[str, tuple] = {
                                        lambda e: _edit(e, encoded=b"\x89PNG\r\n\x1a\nbroken")),
     "image truncated": (checks.IMAGE_UNDECODABLE, None, lambda e: _edit(e, encoded=e.encoded[:len(e.encoded) // 2])),
     "image absent": (checks.IMAGE_UNDECODABLE, None, lambda e: _edit_proto(e, _clear(ef.ENCODED))),
+    "image above the pixel limit": (checks.IMAGE_TOO_LARGE, None,
+                                    lambda e: _edit(e, encoded=_odd_images.png_bomb(20000, 20000))),
     "image/height larger than the image": (checks.IMAGE_SIZE_MISMATCH, None, lambda e: _edit(e, height=e.height + 8)),
     "image/width of 0": (checks.IMAGE_SIZE_INVALID, None, lambda e: _edit(e, width=0)),
     "source_id not numeric": (checks.SOURCE_ID_NOT_NUMERIC, None,

@@ -30,6 +30,7 @@ from official.core import exp_factory
 from official.modeling import hyperparams
 from official.vision.configs import backbones as mg_backbones
 
+from maskrcnn_tfx.images import DEFAULT_MAX_IMAGE_PIXELS
 from maskrcnn_tfx.label_map import LabelMap
 
 PRESETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
@@ -196,8 +197,9 @@ class RuntimeConfig(hyperparams.Config):
 
 @dataclasses.dataclass
 class ExportConfig(hyperparams.Config):
-    """The serving SavedModel written after training (see trainer/export.py). Neither knob changes the
-    signatures or the output dtypes; both only change how the served network computes."""
+    """The serving SavedModel written after training (see trainer/export.py). precision and jit_compile do not
+    change the signatures or the output dtypes, only how the served network computes; max_image_pixels bounds
+    the images both signatures accept."""
 
     # "float32", or "bfloat16": the backbone, FPN and the heads' hidden layers compute in bfloat16 (weights
     # stay float32; the heads' final predictions, box decoding, NMS and RoI cropping stay float32). Faster
@@ -207,6 +209,12 @@ class ExportConfig(hyperparams.Config):
     # XLA-compiles the served network (preprocessing stays outside); meant for GPUs and TPUs; on CPUs oneDNN's
     # convolutions are faster than XLA's.
     jit_compile: bool = False
+    # The most pixels an image may declare in its header (JPEG frame header, PNG IHDR): both served signatures
+    # refuse larger ones with INVALID_ARGUMENT before decoding, and the converter and the annotation validator
+    # hold training data to the same limit. The default, 2**26 (8192x8192), takes 48- and 64-megapixel phone
+    # photos and keeps one request under about 1 GB (the arithmetic is at maskrcnn_tfx.images.
+    # DEFAULT_MAX_IMAGE_PIXELS).
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
 
 @dataclasses.dataclass
@@ -487,6 +495,8 @@ def validate_config(config: TrainerConfig) -> None:
              f"{', '.join(repr(a) for a in allowed_reduce[r.strategy])} for {r.strategy}")
 
     one_of("export.precision", config.export.precision, SERVING_PRECISIONS)
+    need(isinstance(config.export.max_image_pixels, int) and config.export.max_image_pixels >= 1,
+         f"export.max_image_pixels must be a positive integer, got {config.export.max_image_pixels!r}")
     if problems:
         raise ConfigError("invalid trainer configuration:\n  - " + "\n  - ".join(problems))
 

@@ -45,9 +45,11 @@ import maskrcnn_tfx  # noqa: F401  (selects tf_keras before TensorFlow loads)
 import tensorflow as tf
 import tf_keras
 from official.core import config_definitions as cfg
+from official.vision.ops import preprocess_ops
 from official.vision.serving import detection
 
 from maskrcnn_tfx import example_format as ef
+from maskrcnn_tfx import images as images_lib
 from maskrcnn_tfx import label_map as label_map_lib
 from trainer import preprocessing
 from trainer.config import TrainerConfig, to_experiment_config
@@ -56,8 +58,8 @@ if TYPE_CHECKING:
     import tensorflow_transform as tft
 
 # The signature's names live in a TensorFlow-free module, so clients can import them alone.
-from maskrcnn_tfx.signature import (EXAMPLES_INPUT, IMAGES_INPUT, LABEL_MAP_ASSET,  # noqa: E402,F401
-                                    NOT_AN_IMAGE_MESSAGE, OUTPUT_KEYS, SERVING_SIGNATURE, TF_EXAMPLE_SIGNATURE,
+from maskrcnn_tfx.signature import (EXAMPLES_INPUT, IMAGE_TOO_LARGE_MESSAGE, IMAGES_INPUT,  # noqa: E402,F401
+                                    LABEL_MAP_ASSET, NOT_AN_IMAGE_MESSAGE, OUTPUT_KEYS, SERVING_SIGNATURE, TF_EXAMPLE_SIGNATURE,
                                     WARMUP_FILE)
 
 # Serving precisions: float32 (the default) or bfloat16 compute for the heavy layers (see _BFLOAT16_FLOAT32_PARTS).
@@ -74,8 +76,30 @@ _BFLOAT16_FLOAT32_HEAD_LAYERS = {
 _BFLOAT16_FLOAT32_PARTS = ("roi_generator", "detection_generator", "roi_aligner", "mask_roi_aligner",
                            "roi_sampler", "mask_sampler")
 
-_JPEG_MAGIC = b"\xff\xd8\xff"
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = images_lib.JPEG_MAGIC
+_PNG_MAGIC = images_lib.PNG_MAGIC
+
+
+def _jpeg_declared_size(encoded: tf.Tensor) -> tf.Tensor:
+    """(height, width) int64 [2] from the JPEG frame header; libjpeg reads the header only."""
+    return tf.cast(tf.image.extract_jpeg_shape(encoded)[:2], tf.int64)
+
+
+def _png_declared_size(encoded: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
+    """(height, width) int64 [2] from the PNG IHDR chunk (big-endian width then height at bytes 16 to 24)."""
+    # Padded, so a PNG shorter than its header still yields 24 bytes to look at (and fails the check below).
+    head = tf.strings.substr(tf.strings.join([tf.strings.substr(encoded, 0, 24), b"\0" * 24]), 0, 24)
+    has_ihdr = tf.logical_and(tf.strings.length(encoded) >= 24,
+                              tf.equal(tf.strings.substr(head, 12, 4), b"IHDR"))
+    check = tf.debugging.Assert(
+        has_ihdr, [tf.strings.format("Input image {} of the batch is a truncated or corrupt PNG: no IHDR header",
+                                     (index,))])
+    with tf.control_dependencies([check]):
+        raw = tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64)
+    big_endian = tf.constant([2 ** 24, 2 ** 16, 2 ** 8, 1], tf.int64)
+    width = tf.reduce_sum(raw[16:20] * big_endian)
+    height = tf.reduce_sum(raw[20:24] * big_endian)
+    return tf.stack([height, width])
 
 
 def experiment_config_of(config: Union[TrainerConfig, cfg.ExperimentConfig],
@@ -112,13 +136,18 @@ class MaskRCNNServingModule(detection.DetectionModule):
     def __init__(self, params: cfg.ExperimentConfig, model: Optional[tf_keras.Model],
                  label_map: label_map_lib.LabelMap, label_map_file: str,
                  tf_transform_output: Optional["tft.TFTransformOutput"] = None, *,
-                 precision: str = "float32", jit_compile: bool = False):
+                 precision: str = "float32", jit_compile: bool = False,
+                 max_image_pixels: int = images_lib.DEFAULT_MAX_IMAGE_PIXELS):
         """``model=None`` builds a fresh inference model from ``params`` (Model Garden's export recipe); only
-        such a model can be built in ``precision="bfloat16"``."""
+        such a model can be built in ``precision="bfloat16"``. Images whose header declares more than
+        ``max_image_pixels`` pixels are refused before decoding."""
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
         if precision != "float32" and model is not None:
             raise ValueError(f"precision {precision!r} needs the module to build its own model (model=None)")
+        if int(max_image_pixels) < 1:
+            raise ValueError(f"max_image_pixels must be positive, got {max_image_pixels}")
+        self._max_image_pixels = int(max_image_pixels)
         # Read by _build_model, which the base class calls.
         self._precision = precision
         self._jit_compile = bool(jit_compile)
@@ -155,39 +184,85 @@ class MaskRCNNServingModule(detection.DetectionModule):
 
     # --- preprocessing -----------------------------------------------------------------------------------
 
-    def _decode_checked(self, encoded: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
-        """Decodes one image as the training decoder does, refusing bytes that are neither JPEG nor PNG."""
+    def declared_pixels(self, encoded_images: tf.Tensor) -> tf.Tensor:
+        """Per image, the pixel count its header declares (int64 [B]), after refusing bad or too large ones.
+
+        Reads only headers: the JPEG frame header (``tf.image.extract_jpeg_shape``, libjpeg's header parser)
+        and the PNG IHDR chunk (bytes 16 to 24). Bytes that are neither JPEG nor PNG (GIF, BMP and others,
+        which ``tf.io.decode_image`` would also take) and images above ``max_image_pixels`` fail with
+        INVALID_ARGUMENT naming the image's index, its size and the limit.
+        """
+        return tf.map_fn(self._declared_pixels_one,
+                         (encoded_images, tf.range(tf.shape(encoded_images)[0])),
+                         fn_output_signature=tf.TensorSpec([], tf.int64))
+
+    def _declared_pixels_one(self, elems: Tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
+        encoded, index = elems
         is_jpeg = tf.equal(tf.strings.substr(encoded, 0, len(_JPEG_MAGIC)), _JPEG_MAGIC)
         is_png = tf.equal(tf.strings.substr(encoded, 0, len(_PNG_MAGIC)), _PNG_MAGIC)
-        check = tf.debugging.Assert(
+        check_format = tf.debugging.Assert(
             tf.logical_or(is_jpeg, is_png),
             ["Input image", index, f"of the batch {NOT_AN_IMAGE_MESSAGE} (its first bytes:",
              tf.strings.substr(encoded, 0, 8), ")"])
-        with tf.control_dependencies([check]):
-            # Same call as Model Garden's TfExampleDecoder, so served pixels equal training pixels.
-            image = tf.io.decode_image(encoded, channels=self._num_channels, expand_animations=False)
+        with tf.control_dependencies([check_format]):
+            height_width = tf.cond(is_jpeg, lambda: _jpeg_declared_size(encoded),
+                                   lambda: _png_declared_size(encoded, index))
+        height, width = height_width[0], height_width[1]
+        pixels = height * width
+        check_size = tf.debugging.Assert(
+            pixels <= self._max_image_pixels,
+            [tf.strings.format(
+                "Input image {} of the batch is {}x{} (WxH) = {} pixels, " + IMAGE_TOO_LARGE_MESSAGE
+                + " of {} pixels (export.max_image_pixels)",
+                (index, width, height, pixels, tf.constant(self._max_image_pixels, tf.int64)))])
+        with tf.control_dependencies([check_size]):
+            return tf.identity(pixels)
+
+    def _decode(self, encoded: tf.Tensor) -> tf.Tensor:
+        """One image's stored pixel grid, uint8 [H, W, 3], as Model Garden's TfExampleDecoder decodes it (EXIF
+        orientation ignored, alpha dropped, grey repeated, 16-bit cut to 8), so served pixels equal training
+        pixels. Only called after :meth:`declared_pixels` accepted the bytes."""
+        image = tf.io.decode_image(encoded, channels=self._num_channels, expand_animations=False)
         image.set_shape([None, None, self._num_channels])
         return image
 
-    def _preprocess_one(self, elems: Tuple[tf.Tensor, tf.Tensor]) -> Tuple[tf.Tensor, tf.Tensor]:
-        encoded, index = elems
-        image = tf.cast(self._decode_checked(encoded, index), tf.float32)
-        image, _, image_info = self._build_inputs(image)
+    def _preprocess_one(self, encoded: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+        """Model Garden's ``_build_inputs`` (normalize, resize keeping the aspect ratio, pad), with the resize
+        done first, on the decoded uint8 image: the full-size image is never copied to float32 (12 bytes a
+        pixel instead of 3). Bilinear resizing commutes with the per-channel normalization, and the padding
+        is added after it as before, so the result equals Model Garden's up to float rounding."""
+        image = self._decode(encoded)
+        image, image_info = preprocess_ops.resize_and_crop_image(
+            image, self._input_image_size, padded_size=None, aug_scale_min=1.0, aug_scale_max=1.0,
+            keep_aspect_ratio=self.params.task.train_data.parser.keep_aspect_ratio)
+        image = preprocess_ops.normalize_image(image, offset=preprocess_ops.MEAN_RGB,
+                                               scale=preprocess_ops.STDDEV_RGB)
+        image = tf.image.pad_to_bounding_box(image, 0, 0, self._padded_size[0], self._padded_size[1])
         return image, image_info
 
     def preprocess_encoded(self, encoded_images: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
         """Encoded images [B] to model-ready images [B, H_pad, W_pad, 3] and image_info [B, 4, 2].
 
         image_info rows are Model Garden's: original size, scaled size, scale, offset. The images are
-        normalized with the data set's statistics (or ImageNet's without a Transform graph).
+        normalized with the data set's statistics (or ImageNet's without a Transform graph). Every header is
+        checked (:meth:`declared_pixels`) before any image is decoded; a request whose images together
+        declare more than ``max_image_pixels`` is decoded one image at a time, so its memory stays that of
+        one image at the limit.
         """
         with tf.device("cpu:0"):
-            images, image_info = tf.map_fn(
-                self._preprocess_one,
-                (encoded_images, tf.range(tf.shape(encoded_images)[0])),
-                fn_output_signature=(tf.TensorSpec(self._padded_size + [self._num_channels], tf.float32),
-                                     tf.TensorSpec([4, 2], tf.float32)),
-                parallel_iterations=32)
+            pixels = self.declared_pixels(encoded_images)
+            with tf.control_dependencies([pixels]):
+                encoded_images = tf.identity(encoded_images)
+            output_signature = (tf.TensorSpec(self._padded_size + [self._num_channels], tf.float32),
+                                tf.TensorSpec([4, 2], tf.float32))
+
+            def decode_all(parallel_iterations: int):
+                return lambda: tf.map_fn(self._preprocess_one, encoded_images,
+                                         fn_output_signature=output_signature,
+                                         parallel_iterations=parallel_iterations)
+
+            images, image_info = tf.cond(tf.reduce_sum(pixels) <= self._max_image_pixels,
+                                         decode_all(32), decode_all(1))
             mean, std = self.pixel_statistics(encoded_images)
             images = preprocessing.renormalize_image(images, mean, std)
         return images, image_info
@@ -350,7 +425,8 @@ def export_serving_model(model: tf_keras.Model, config: Union[TrainerConfig, cfg
                          label_map: label_map_lib.LabelMap, serving_model_dir: str, *,
                          tf_transform_output: Optional["tft.TFTransformOutput"] = None,
                          warmup_images: Optional[Sequence[bytes]] = None,
-                         precision: Optional[str] = None, jit_compile: Optional[bool] = None) -> str:
+                         precision: Optional[str] = None, jit_compile: Optional[bool] = None,
+                         max_image_pixels: Optional[int] = None) -> str:
     """Exports ``model`` as a SavedModel in ``serving_model_dir`` (no version folder); returns the folder.
 
     Follows Model Garden's own export recipe: the weights go through a checkpoint into a fresh inference
@@ -383,6 +459,9 @@ def export_serving_model(model: tf_keras.Model, config: Union[TrainerConfig, cfg
         at its first request; None (default) takes the TrainerConfig's ``export.jit_compile`` (off for an
         ExperimentConfig). Off in every preset: on CPU, XLA's convolutions are slower than oneDNN's (0.8x the
         float32 export's speed in the benchmark above); meant for GPUs and TPUs.
+      max_image_pixels: the most pixels an image may declare in its header; larger ones are refused with
+        INVALID_ARGUMENT before decoding. None (default) takes the TrainerConfig's ``export.max_image_pixels``
+        (:data:`maskrcnn_tfx.images.DEFAULT_MAX_IMAGE_PIXELS` for an ExperimentConfig).
 
     Raises:
       ValueError: the model has no mask head or its class count does not fit the label map.
@@ -393,6 +472,9 @@ def export_serving_model(model: tf_keras.Model, config: Union[TrainerConfig, cfg
         precision = export_config.precision if export_config else "float32"
     if jit_compile is None:
         jit_compile = export_config.jit_compile if export_config else False
+    if max_image_pixels is None:
+        max_image_pixels = (export_config.max_image_pixels if export_config
+                            else images_lib.DEFAULT_MAX_IMAGE_PIXELS)
     # A copy: Model Garden's module may adjust the params (e.g. the NMS version) it builds from.
     params = experiment_config_of(config, label_map).replace()
     _check_compatible(params, label_map)
@@ -405,7 +487,7 @@ def export_serving_model(model: tf_keras.Model, config: Union[TrainerConfig, cfg
         with _float32_policy():
             module = MaskRCNNServingModule(params, None, label_map, label_map_file,
                                            tf_transform_output=tf_transform_output, precision=precision,
-                                           jit_compile=jit_compile)
+                                           jit_compile=jit_compile, max_image_pixels=max_image_pixels)
             # Variables the inference graph creates while it is traced get their values as they appear.
             restored = tf.train.Checkpoint(model=module.model).read(weights)
             signatures = module.serving_signatures()

@@ -30,6 +30,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from maskrcnn_tfx.data import convert
+from maskrcnn_tfx.images import DEFAULT_MAX_IMAGE_PIXELS
 from maskrcnn_tfx.data.coco import (CocoDataset, ConversionError, ImageInfo, SkippedItem, convert_image, read_coco,
                                     serialize_example)
 
@@ -43,8 +44,10 @@ def _empty_stats() -> Dict[str, Any]:
 class ConvertImageFn(beam.DoFn):
     """(split, image id) -> (split, serialized example); per-image statistics on the ``stats`` output."""
 
-    def __init__(self, annotations_file: str, images_dir: str, on_error: str):
+    def __init__(self, annotations_file: str, images_dir: str, on_error: str,
+                 max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
         super().__init__()
+        self._max_image_pixels = max_image_pixels
         self._annotations_file = annotations_file
         self._images_dir = images_dir
         self._on_error = on_error
@@ -59,7 +62,7 @@ class ConvertImageFn(beam.DoFn):
         split, image_id = element
         converted = convert_image(self._images[image_id], self._dataset.annotations_by_image.get(image_id, []),
                                   self._images_dir, self._dataset.categories, self._dataset.annotations_file,
-                                  self._on_error)
+                                  self._on_error, self._max_image_pixels)
         stats = _empty_stats()
         stats["skipped"] = [s.to_dict() for s in converted.skipped]
         if converted.example is not None:
@@ -97,6 +100,7 @@ def _remove_beam_temp_dirs(output_dir: str, splits: Sequence[str], stats_path: s
 def convert_coco_beam(annotations_file: str, images_dir: str, output_dir: str, *,
                       num_shards: Optional[int] = None, eval_fraction: float = 0.0, split_name: str = "train",
                       on_error: str = "fail", seed: int = 0,
+                      max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
                       pipeline_args: Sequence[str] = ()) -> convert.ConversionReport:
     """Same arguments, outputs and errors as :func:`convert.convert_coco`; ``pipeline_args`` go to Beam's
     ``PipelineOptions`` unchanged (there is no ``num_workers``: Beam's own options decide)."""
@@ -112,7 +116,8 @@ def convert_coco_beam(annotations_file: str, images_dir: str, output_dir: str, *
     pipeline = beam.Pipeline(options=PipelineOptions(list(pipeline_args)))
     converted = (pipeline
                  | "ImageIds" >> beam.Create(elements)
-                 | "Convert" >> beam.ParDo(ConvertImageFn(annotations_file, images_dir, on_error))
+                 | "Convert" >> beam.ParDo(ConvertImageFn(annotations_file, images_dir, on_error,
+                                                          max_image_pixels))
                  .with_outputs(_STATS, main="records"))
     for split, count in plan.num_shards.items():
         _ = (converted.records

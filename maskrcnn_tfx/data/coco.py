@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from maskrcnn_tfx import example_format
+from maskrcnn_tfx import images as images_lib
 from maskrcnn_tfx.files import read_bytes
 from maskrcnn_tfx.label_map import LabelMap, LabelMapError
 
@@ -320,17 +321,30 @@ def annotation_problem(ann: Mapping[str, Any], image: ImageInfo, categories: Map
 
 
 class BadImageError(ValueError):
-    """Image bytes that cannot go into an example (corrupt, truncated, or not JPEG/PNG)."""
+    """Image bytes that cannot go into an example (corrupt, truncated, too large, or not JPEG/PNG)."""
 
 
-def inspect_image(data: bytes) -> Tuple[str, int, int]:
+class ImageTooLargeError(BadImageError):
+    """An image whose header declares more pixels than the limit (``export.max_image_pixels``)."""
+
+
+def inspect_image(data: bytes, max_pixels: int = images_lib.DEFAULT_MAX_IMAGE_PIXELS) -> Tuple[str, int, int]:
     """(format, height, width) of encoded image bytes, after decoding them to prove they are whole.
 
+    The header is read first (:func:`maskrcnn_tfx.images.declared_size`): an image declaring more than
+    ``max_pixels`` pixels raises :class:`ImageTooLargeError` before any pixel is decoded, as the served model
+    does. The size is the stored pixel grid's: EXIF orientation is not applied (see maskrcnn_tfx/images.py).
     JPEGs are decoded in PIL's draft mode (DCT scaled to 1/8): every entropy-coded byte is still read, so
     truncation is caught, at a fraction of a full decode's cost.
     """
     from PIL import Image  # pylint: disable=g-import-not-at-top
 
+    try:
+        images_lib.check_declared_size(data, max_pixels)
+    except images_lib.ImageTooLargeError as e:
+        raise ImageTooLargeError(str(e)) from None
+    except images_lib.ImageHeaderError as e:
+        raise BadImageError(str(e)) from None
     try:
         with Image.open(io.BytesIO(data)) as img:
             fmt = _PIL_FORMATS.get(img.format or "")
@@ -349,6 +363,28 @@ def inspect_image(data: bytes) -> Tuple[str, int, int]:
     return fmt, height, width
 
 
+def size_mismatch_problem(data: bytes, height: int, width: int, expected_height: int, expected_width: int,
+                          expected_by: str) -> str:
+    """Why a decoded size differs from the one ``expected_by`` states ("" when they agree).
+
+    A photo whose EXIF orientation turns it by 90 degrees, annotated on its rotated view, has its width and
+    height swapped against the stored grid: the message says so, since the product (like COCO and
+    TensorFlow's decoders) ignores EXIF orientation and the boxes and masks would land on the wrong pixels.
+    """
+    if (height, width) == (expected_height, expected_width):
+        return ""
+    problem = (f"the image is {width}x{height} (WxH) but {expected_by} says {expected_width}x{expected_height}")
+    orientation = images_lib.exif_orientation(data)
+    if images_lib.swaps_width_and_height(orientation) and (height, width) == (expected_width, expected_height):
+        problem += (f"; its {images_lib.describe_orientation(orientation)} turns it to that size, so the "
+                    f"annotations were likely made on the rotated view. EXIF orientation is ignored (COCO "
+                    f"annotations and TensorFlow's decoders use the stored pixel grid): store the pixels "
+                    f"rotated (e.g. PIL.ImageOps.exif_transpose) or annotate the stored image")
+    elif orientation != 1:
+        problem += f" (it has {images_lib.describe_orientation(orientation)}, which is ignored)"
+    return problem
+
+
 def _annotation_rle(segmentation: Any, height: int, width: int) -> Dict[str, Any]:
     """The RLE of a checked segmentation, by the same calls as ``COCO.annToRLE``."""
     from pycocotools import mask as mask_utils  # pylint: disable=g-import-not-at-top
@@ -362,11 +398,13 @@ def _annotation_rle(segmentation: Any, height: int, width: int) -> Dict[str, Any
 
 def convert_image(image: ImageInfo, annotations: Sequence[Mapping[str, Any]], images_dir: str,
                   categories: Mapping[int, str], annotations_file: str,
-                  on_error: str = "fail") -> ImageConversion:
+                  on_error: str = "fail",
+                  max_image_pixels: int = images_lib.DEFAULT_MAX_IMAGE_PIXELS) -> ImageConversion:
     """Converts one image and its annotations (in their file order) into an ``InstanceExample``.
 
     With ``on_error="fail"`` the first problem raises :class:`ConversionError`; with ``"skip"`` a bad
-    annotation is left out, a bad image yields no example, and each is listed in the result.
+    annotation is left out, a bad image yields no example, and each is listed in the result. An image whose
+    header declares more than ``max_image_pixels`` pixels is a bad image (refused before it is decoded).
     """
     from pycocotools import mask as mask_utils  # pylint: disable=g-import-not-at-top
 
@@ -381,10 +419,9 @@ def convert_image(image: ImageInfo, annotations: Sequence[Mapping[str, Any]], im
     image_problem = None
     try:
         encoded = read_bytes(path)
-        fmt, height, width = inspect_image(encoded)
-        if (height, width) != (image.height, image.width):
-            image_problem = (f"the image is {width}x{height} (WxH) but the annotations file says "
-                             f"{image.width}x{image.height}")
+        fmt, height, width = inspect_image(encoded, max_image_pixels)
+        image_problem = size_mismatch_problem(encoded, height, width, image.height, image.width,
+                                              "the annotations file") or None
     except FileNotFoundError:
         image_problem = "image file not found"
     except (BadImageError, OSError) as e:

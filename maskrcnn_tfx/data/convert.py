@@ -41,6 +41,7 @@ import uuid
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from maskrcnn_tfx import label_map as label_map_lib
+from maskrcnn_tfx.images import DEFAULT_MAX_IMAGE_PIXELS
 from maskrcnn_tfx.files import is_remote
 from maskrcnn_tfx.data.coco import (ON_ERROR_CHOICES, CocoDataset, ConversionError, ImageInfo, SkippedItem,
                                     annotation_problem, convert_image, image_path, read_coco,
@@ -418,6 +419,7 @@ class _ShardTask:
     categories: Dict[int, str]
     on_error: str
     items: List[Tuple[ImageInfo, List[Dict[str, Any]]]]
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
 
 @dataclasses.dataclass
@@ -443,7 +445,7 @@ def _write_shard(task: _ShardTask, on_image: Callable[[], None], stopped: Callab
             if stopped():
                 raise _Cancelled()
             converted = convert_image(image, annotations, task.images_dir, task.categories,
-                                      task.annotations_file, task.on_error)
+                                      task.annotations_file, task.on_error, task.max_image_pixels)
             result.skipped.extend(converted.skipped)
             if converted.example is not None:
                 writer.write(serialize_example(converted.example))
@@ -579,7 +581,8 @@ def _run_in_workers(tasks: Sequence[_ShardTask], num_workers: int, progress_enab
 
 def convert_coco(annotations_file: str, images_dir: str, output_dir: str, *, num_shards: Optional[int] = None,
                  eval_fraction: float = 0.0, split_name: str = "train", num_workers: int = 1,
-                 on_error: str = "fail", progress: bool = True, seed: int = 0) -> ConversionReport:
+                 on_error: str = "fail", progress: bool = True, seed: int = 0,
+                 max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> ConversionReport:
     """Converts a COCO instances file and its images into ``output_dir`` (see the module docstring).
 
     Args:
@@ -596,6 +599,9 @@ def convert_coco(annotations_file: str, images_dir: str, output_dir: str, *, num
         out, carries on and lists it in the report.
       progress: show a progress bar (tqdm, on stderr).
       seed: salt of the split hash (another seed draws another eval set).
+      max_image_pixels: an image whose header declares more pixels is a bad image (refused before it is
+        decoded; an error or skipped per ``on_error``); the same limit as the served model's
+        ``export.max_image_pixels``.
 
     Returns:
       The :class:`ConversionReport` of this run (also written to ``conversion_report.json``).
@@ -605,6 +611,8 @@ def convert_coco(annotations_file: str, images_dir: str, output_dir: str, *, num
       ValueError: invalid arguments.
     """
     _validate_arguments(num_shards, eval_fraction, split_name, num_workers, on_error)
+    if max_image_pixels < 1:
+        raise ValueError(f"max_image_pixels must be positive, got {max_image_pixels}")
     start = time.monotonic()
     annotations_file, images_dir, output_dir = str(annotations_file), str(images_dir), str(output_dir)
 
@@ -618,7 +626,7 @@ def convert_coco(annotations_file: str, images_dir: str, output_dir: str, *, num
             tmp_path = os.path.join(output_dir, split, f".{split}.tfrecord-{index:05d}.{run_token}.tmp")
             items = [(im, plan.dataset.annotations_by_image.get(im.id, [])) for im in images]
             tasks.append(_ShardTask(split, index, tmp_path, images_dir, annotations_file,
-                                    plan.dataset.categories, on_error, items))
+                                    plan.dataset.categories, on_error, items, max_image_pixels))
     # Biggest shards first (train before eval), so no worker starts a big shard when the others are done.
     tasks.sort(key=lambda t: -len(t.items))
 

@@ -15,6 +15,8 @@ import argparse
 import os
 import sys
 
+from maskrcnn_tfx.images import DEFAULT_MAX_IMAGE_PIXELS
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -39,6 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--on-error", choices=("fail", "skip"), default="fail",
                         help="fail: stop at the first bad image or annotation (default); skip: leave it out "
                              "and list it in the report.")
+    parser.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS, metavar="N",
+                        help="An image whose header declares more pixels is a bad image, refused before it is "
+                             "decoded (an error, or skipped with --on-error skip). Keep it equal to the trainer "
+                             f"configuration's export.max_image_pixels (default {DEFAULT_MAX_IMAGE_PIXELS}).")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="No progress bar.")
     parser.add_argument("--runner", choices=("local", "beam"), default="local",
                         help="local: multiprocessing on this machine (default); beam: an Apache Beam pipeline.")
@@ -60,14 +66,15 @@ def main(args: argparse.Namespace) -> int:
             report = convert_coco_beam(
                 args.annotations, args.images, args.output, num_shards=args.num_shards,
                 eval_fraction=args.eval_fraction, split_name=args.split_name, on_error=args.on_error,
-                seed=args.seed, pipeline_args=args.beam_args)
+                seed=args.seed, max_image_pixels=args.max_image_pixels, pipeline_args=args.beam_args)
         else:
             from maskrcnn_tfx.data.convert import convert_coco  # pylint: disable=g-import-not-at-top
 
             report = convert_coco(
                 args.annotations, args.images, args.output, num_shards=args.num_shards,
                 eval_fraction=args.eval_fraction, split_name=args.split_name, num_workers=args.workers,
-                on_error=args.on_error, progress=args.progress, seed=args.seed)
+                on_error=args.on_error, progress=args.progress, seed=args.seed,
+                max_image_pixels=args.max_image_pixels)
     except ConversionError as e:
         print(f"error: {e}", file=sys.stderr)
         if args.on_error == "fail" and e.item is not None:

@@ -15,6 +15,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from maskrcnn_tfx import example_format as ef
+from maskrcnn_tfx import images as images_lib
 from maskrcnn_tfx import masks as masks_lib
 from maskrcnn_tfx import signature
 from maskrcnn_tfx.label_map import LabelMap
@@ -119,9 +120,12 @@ def draw(image: np.ndarray, masks: np.ndarray, boxes: np.ndarray, labels: Sequen
 
 
 def _decode(example: ef.InstanceExample) -> np.ndarray:
-    from PIL import Image  # pylint: disable=g-import-not-at-top
-
-    return np.asarray(Image.open(io.BytesIO(example.encoded)).convert("RGB"))
+    """The pixels the model saw: the stored grid (EXIF orientation ignored), RGB, 16-bit cut to 8."""
+    try:
+        return images_lib.decode_rgb(example.encoded)
+    except Exception as e:  # pylint: disable=broad-except  (PIL's many ways of refusing bytes)
+        raise ValueError(f"gallery: cannot decode the image of source_id {example.source_id} "
+                         f"({example.filename}): {e}") from None
 
 
 def truth_panel(example: ef.InstanceExample, label_map: LabelMap) -> Tuple[bytes, List[str]]:
@@ -168,7 +172,11 @@ def build(model_path: str, examples: Sequence[ef.InstanceExample], label_map: La
     os.makedirs(output_dir, exist_ok=True)
     items = []
     for n, example in enumerate(examples):
-        result = serve(**{signature.IMAGES_INPUT: tf.constant([example.encoded])})
+        try:
+            result = serve(**{signature.IMAGES_INPUT: tf.constant([example.encoded])})
+        except tf.errors.InvalidArgumentError as e:
+            raise ValueError(f"gallery: the model refused the image of source_id {example.source_id} "
+                             f"({example.filename}): {_model_error(e.message)}") from None
         outputs = {key: value.numpy()[0] for key, value in result.items()}
         truth_png, truth_labels = truth_panel(example, label_map)
         prediction_png, shown, num, best = prediction_panel(example, outputs, label_map, score_threshold)
@@ -180,6 +188,15 @@ def build(model_path: str, examples: Sequence[ef.InstanceExample], label_map: La
                                  prediction_image=prediction_name, ground_truth=truth_labels, shown=shown,
                                  num_detections=num, best_score=best))
     return Gallery(model_path=model_path, score_threshold=score_threshold, items=items)
+
+
+def _model_error(message: str) -> str:
+    """The line of a TensorFlow error that says what was wrong (not the graph's traceback)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    for line in lines:
+        if "assertion failed" in line or "Invalid" in line:
+            return line
+    return lines[0] if lines else message
 
 
 def model_label_map(model_path: str) -> LabelMap:
