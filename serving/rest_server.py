@@ -298,9 +298,16 @@ class RestServer:
             connection.request_started()
         record = RequestRecord("REST", request.remote or "",
                                f"{request.method} {request.raw_path} HTTP/{request.version.major}."
-                               f"{request.version.minor}")
+                               f"{request.version.minor}", status="UNKNOWN")
         try:
-            status, payload, content_type, close = await self._answer(request, record)
+            try:
+                status, payload, content_type, close = await self._answer(request, record)
+            except (ConnectionError, asyncio.CancelledError):
+                record.status = "CANCELLED"  # the client went away before its answer
+                raise
+            except Exception:
+                record.status = "INTERNAL"
+                raise
             response = web.Response(status=status, body=payload, content_type=content_type)
             if close or self._stopping:
                 response.force_close()

@@ -130,16 +130,21 @@ def send_rest(port: int, case: Hostile, timeout: float) -> Tuple[int, dict]:
                 f"Content-Length: {length}\r\nConnection: close\r\n\r\n").encode()
         sock.sendall(head + (case.body if case.declared_length is None else b"{" * 1024))
         data = b""
-        while True:
+        while b"\r\n\r\n" not in data:
             chunk = sock.recv(1 << 16)
             if not chunk:
-                break
+                raise ConnectionError(f"{case.name}: the server closed the connection without an answer")
             data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    if not head:
-        raise ConnectionError(f"{case.name}: the server closed the connection without an answer")
-    status = int(head.split(b" ", 2)[1])
-    return status, json.loads(body) if body else {}
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        length = next((int(line.split(":", 1)[1]) for line in lines[1:]
+                       if line.lower().startswith("content-length:")), 0)
+        while len(body) < length:
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                raise ConnectionError(f"{case.name}: the server closed the connection in the middle of its answer")
+            body += chunk
+    return int(lines[0].split()[1]), json.loads(body) if body else {}
 
 
 # The server process.
