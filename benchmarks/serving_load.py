@@ -247,9 +247,10 @@ def main(argv=None) -> int:
 
         mib = 1 << 20
         peak = f", peak {after['VmHWM'] / mib:.0f} MiB" if exact_peak else ""
+        growth = (after["VmHWM"] if exact_peak else after["VmRSS"]) - before["VmRSS"]
         print(f"\nserver resident memory: {before['VmRSS'] / mib:.0f} MiB before, {after_rest['VmRSS'] / mib:.0f} MiB "
-              f"after REST, {after['VmRSS'] / mib:.0f} MiB after gRPC{peak} "
-              f"(growth to the peak: {((after['VmHWM'] if exact_peak else after['VmRSS']) - before['VmRSS']) / mib:.0f} MiB)")
+              f"after REST, {after['VmRSS'] / mib:.0f} MiB after gRPC{peak} (growth to the peak: "
+              f"{growth / mib:.0f} MiB)")
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -259,7 +260,8 @@ def main(argv=None) -> int:
         shutil.rmtree(base, ignore_errors=True)
     with open("/proc/loadavg", encoding="ascii") as f:
         print(f"load average at the end: {' '.join(f.read().split()[:3])}")
-    print("FAILED: unexpected statuses or connection errors" if failures else "no unexpected status, no connection error")
+    print("FAILED: unexpected statuses or connection errors" if failures
+          else "no unexpected status, no connection error")
     return 1 if failures else 0
 
 

@@ -3,8 +3,8 @@
 
 Requests above ``max_request_bytes`` are refused by gRPC itself (RESOURCE_EXHAUSTED); ``workers`` threads
 answer at most that many calls at once (gRPC's own event loop holds the connections, so an idle or slow one
-costs no thread). Every answered call is counted and logged by the observer (:mod:`serving.observability`). Classify, Regress and MultiInference answer UNIMPLEMENTED (the
-model has no such signatures).
+costs no thread). Every answered call is counted and logged by the observer (:mod:`serving.observability`).
+Classify, Regress and MultiInference answer UNIMPLEMENTED (the model has no such signatures).
 """
 from __future__ import annotations
 

@@ -50,8 +50,8 @@ HTTP_STATUS = {
 _MODEL_PATH = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
     r"(?P<verb>/metadata|:[a-z]+)?$")
-# How long a refused connection (503 beyond max_connections, or an answer after which the server hangs
-# up) is drained before it is closed, so the client reads the answer instead of a reset.
+# How long a connection refused beyond max_connections is drained before it is closed, so the client reads
+# the 503 instead of a reset.
 _LINGER_SECONDS = 2.0
 
 

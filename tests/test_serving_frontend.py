@@ -150,7 +150,8 @@ def test_oversized_and_chunked_bodies_are_refused_before_reading(server):
     assert status == 413 and "limit of 1048576 bytes" in json.loads(payload)["error"]
     assert headers["connection"].lower() == "close"
     status, _, payload = _exchange(
-        server, b"POST /v1/models/m:predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n{\r\n0\r\n\r\n")
+        server, b"POST /v1/models/m:predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"1\r\n{\r\n0\r\n\r\n")
     assert status == 411 and "Content-Length" in json.loads(payload)["error"]
 
 

@@ -6,9 +6,7 @@ the stream through).
 
 Bounded: each request has a timeout (an answer that does not come is a failure), each stream a fixed count.
 """
-import json
 import logging
-import os
 import signal
 import socket
 import threading
