@@ -345,8 +345,9 @@ class RestServer:
             if refusal is not None:
                 return refusal
             try:
-                body = await asyncio.wait_for(request.content.readexactly(request.content_length or 0),
-                                              self.body_timeout)
+                if request.content_length:
+                    body = await asyncio.wait_for(request.content.readexactly(request.content_length),
+                                                  self.body_timeout)
             except asyncio.TimeoutError:
                 self.observer.timeouts.labels("body").inc()
                 record.status = "DEADLINE_EXCEEDED"

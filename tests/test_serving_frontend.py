@@ -120,6 +120,7 @@ DEEP = 100_000
     b"\xff\xfe\x00{",
     b'{"instances": [{"b64": "' + b"A" * 10 + b'"}], "signature_name": 7}',
     b"null",
+    b"",
 ])
 def test_malformed_json_of_any_depth_is_a_400(server, body):
     status, headers, payload = _exchange(server, _post(f"/v1/models/{MODEL}:predict", body))

@@ -171,15 +171,16 @@ def test_a_version_pushed_during_a_stream_takes_over_without_a_failed_request(se
         with _rest(rest_port) as client:
             extra = 0
             for i in range(400):
+                after_switch = switched.is_set()
                 try:
                     outputs = client.predict([images[i % 3]])
                     assert outputs["num_detections"].shape == (1,)
                     rest_calls.append(1)
                 except client_lib.PredictionError as e:
                     errors.append(f"REST: {e}")
-                if switched.is_set():
+                if after_switch:
                     extra += 1
-                    if extra >= 5:  # five more after the switch
+                    if extra >= 5:  # five more sent after the switch
                         return
                 if stop.is_set():
                     return
