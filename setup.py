@@ -47,6 +47,9 @@ setup(
         "matplotlib",
         # The local server's REST responses (numpy arrays to JSON); TFX depends on it too.
         "orjson",
+        # The local server's REST front end and its Prometheus metrics.
+        "aiohttp",
+        "prometheus-client",
     ],
     # The report's tests drive Chromium over its DevTools websocket and execute the notebook.
     extras_require={"test": ["pytest", "websocket-client", "nbclient", "nbformat", "ipykernel"]},

@@ -135,9 +135,11 @@ def _error_code_value(name: str) -> int:
 _GRAPH_ERROR_PREAMBLE = re.compile(
     r"^Graph execution error:\s*(Detected at node .*?\n)?(<stack traces unavailable>\n)?", re.DOTALL)
 _OP_SUFFIX = re.compile(r"\s*\[Op:__inference_[^\]]*\]\s*$")
+# The graph node that failed ("\n\t [[{{node map/while/decode_image/DecodeImage}}]]"): the server's detail.
+_NODE_SUFFIX = re.compile(r"\s*\[\[\{\{node [^}]*\}\}\]\]")
 
 
 def _op_error_message(message: str) -> str:
     """The op's own message (e.g. the model's "Input image [1] of the batch is not ...") without TF's
-    Python-side preamble and function name."""
-    return _OP_SUFFIX.sub("", _GRAPH_ERROR_PREAMBLE.sub("", message)).strip()
+    Python-side preamble, the graph node and the function name."""
+    return _NODE_SUFFIX.sub("", _OP_SUFFIX.sub("", _GRAPH_ERROR_PREAMBLE.sub("", message))).strip()

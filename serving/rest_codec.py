@@ -29,6 +29,9 @@ _NUMPY_DTYPES = {
     "DT_UINT8": np.uint8, "DT_UINT16": np.uint16, "DT_UINT32": np.uint32, "DT_UINT64": np.uint64,
     "DT_BOOL": np.bool_, "DT_STRING": object,
 }
+# Deeper than any tensor a request carries (a row of a rank-8 input nests 10 deep), shallow enough that the
+# decoding below, which recurses, stays far from Python's recursion limit.
+MAX_JSON_DEPTH = 64
 
 
 def parse_body(body: bytes) -> Dict[str, Any]:
@@ -41,9 +44,32 @@ def parse_body(body: bytes) -> Dict[str, Any]:
         raise invalid_argument(f"JSON Parse error: Invalid encoding in string. at offset: {e.start}") from None
     except json.JSONDecodeError as e:
         raise invalid_argument(f"JSON Parse error: {e.msg} at offset: {e.pos}") from None
+    except RecursionError:
+        raise invalid_argument(f"JSON Parse error: the document nests too deep (at most {MAX_JSON_DEPTH} levels)") \
+            from None
+    except ValueError as e:  # e.g. an integer of more digits than Python converts
+        raise invalid_argument(f"JSON Parse error: {e}") from None
     if not isinstance(document, dict):
         raise invalid_argument("JSON Parse error: the request is not a JSON object")
+    depth = _depth(document)
+    if depth > MAX_JSON_DEPTH:
+        raise invalid_argument(f"JSON Parse error: the document nests {depth} levels deep, more than "
+                               f"{MAX_JSON_DEPTH}")
     return document
+
+
+def _depth(document: Any) -> int:
+    """How deep lists and objects nest in ``document`` (without recursion: it may nest hundreds deep)."""
+    deepest, stack = 0, [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            value = list(value.values())
+        elif not isinstance(value, list):
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((item, depth + 1) for item in value if isinstance(item, (list, dict)))
+    return deepest
 
 
 def signature_name_of(document: Mapping[str, Any]) -> str:

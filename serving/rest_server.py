@@ -1,24 +1,40 @@
-"""The local server's REST front end: TF Serving's REST API on the standard library's HTTP server.
+"""The local server's REST front end: TF Serving's REST API on aiohttp's asynchronous HTTP server.
 
 Routes (TF Serving's): ``GET /v1/models/NAME[/versions/N|/labels/L]`` (model status),
-``GET .../metadata`` and ``POST ...:predict``. Bodies above ``max_request_bytes`` are refused with 413
-before they are parsed; a fixed pool of worker threads bounds how many connections are served at once (the
-others wait in the listen queue). Every error is ``{"error": "..."}`` with TF Serving's HTTP status for its
-code (400 for a bad request, 404 for an unknown model or version).
+``GET .../metadata`` and ``POST ...:predict``; ``GET /monitoring/prometheus/metrics`` (Prometheus,
+:mod:`serving.observability`). Every error is ``{"error": "..."}`` with TF Serving's HTTP status for its code
+(400 for a bad request, 404 for an unknown model or version).
+
+One event loop serves every connection, so a connection costs no thread while it is idle or slow:
+
+- at most ``max_connections`` are open; a connection beyond them is answered 503 (the client's retry) and
+  closed;
+- a request head must arrive within ``header_timeout`` seconds of its first byte, and a connection must
+  send a request within ``idle_timeout`` seconds of opening or of its previous answer; its body must arrive
+  within ``body_timeout`` (else 408) and its answer be taken within ``send_timeout``; otherwise it is
+  closed;
+- bodies above ``max_request_bytes`` are refused (413) from their ``Content-Length``, before they are read;
+- parsing the JSON, the model call and writing the answer's JSON run on ``workers`` threads (a bounded
+  executor), never on the event loop; the predictor bounds the model calls further.
+
+``stop()`` stops listening, lets the requests in progress answer (up to a grace period) and closes the idle
+connections.
 """
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
-import http.server
 import json
 import logging
 import re
-import socket
 import threading
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
+
+from aiohttp import web
 
 from serving import rest_codec
 from serving.model_store import ServingError, invalid_argument
+from serving.observability import METRICS_CONTENT_TYPE, METRICS_PATH, Observer, RequestRecord
 from serving.predictor import Predictor
 
 log = logging.getLogger(__name__)
@@ -34,8 +50,9 @@ HTTP_STATUS = {
 _MODEL_PATH = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
     r"(?P<verb>/metadata|:[a-z]+)?$")
-# Discarding a refused body lets the client read the 413 instead of a reset; beyond this, just hang up.
-_MAX_DISCARD_BYTES = 256 << 20
+# How long a connection refused beyond max_connections is drained before it is closed, so the client reads
+# the 503 instead of a reset.
+_LINGER_SECONDS = 2.0
 
 
 def parse_path(method: str, path: str) -> Tuple[str, Optional[int], Optional[str], str]:
@@ -68,141 +85,325 @@ def parse_path(method: str, path: str) -> Tuple[str, Optional[int], Optional[str
     return match["name"], version_number, match["label"], action
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as TF Serving
-    server_version = "maskrcnn-tfx-serve"
-    # An idle keep-alive connection gives its worker back after this many seconds.
-    timeout = 30
+def _error_body(message: str) -> bytes:
+    return json.dumps({"error": message}).encode("utf-8")
 
-    def log_message(self, format, *args):  # pylint: disable=redefined-builtin
-        log.debug("%s %s", self.address_string(), format % args)
 
-    def do_GET(self):  # pylint: disable=invalid-name
-        self._handle("GET")
+class _Refusal(asyncio.Protocol):
+    """A connection beyond the limit: answered 503 at once, drained briefly, closed."""
 
-    def do_POST(self):  # pylint: disable=invalid-name
-        self._handle("POST")
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_connections: int):
+        self._loop = loop
+        self._max_connections = max_connections
+        self._transport = None
+        self._timer = None
 
-    def _handle(self, method: str) -> None:
-        server: RestServer = self.server  # type: ignore[assignment]
+    def connection_made(self, transport):
+        self._transport = transport
+        payload = _error_body(f"The server has {self._max_connections} connections open (--max-connections); "
+                              f"retry later")
+        transport.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                        b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+                        % (len(payload), payload))
+        if transport.can_write_eof():
+            transport.write_eof()
+        # Closing with the request unread would reset the connection before the client reads the 503.
+        self._timer = self._loop.call_later(_LINGER_SECONDS, transport.close)
+
+    def data_received(self, data):
+        pass
+
+    def eof_received(self):
+        return False  # the client is done: close
+
+    def connection_lost(self, exc):
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+class _Connection(asyncio.Protocol):
+    """Wraps aiohttp's protocol for one connection: counts it and enforces the request-head deadline."""
+
+    def __init__(self, server: "RestServer", inner: asyncio.Protocol):
+        self._server = server
+        self.inner = inner
+        self.transport = None
+        self.in_request = False
+        self._head_timer: Optional[asyncio.TimerHandle] = None
+
+    # The protocol interface, forwarded.
+    def connection_made(self, transport):
+        self.transport = transport
+        self._server._opened(self)
+        self.inner.connection_made(transport)
+
+    def data_received(self, data):
+        if not self.in_request and self._head_timer is None and data:
+            self._head_timer = self._server.loop.call_later(self._server.header_timeout, self._head_late)
+        self.inner.data_received(data)
+
+    def eof_received(self):
+        return self.inner.eof_received()
+
+    def pause_writing(self):
+        self.inner.pause_writing()
+
+    def resume_writing(self):
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc):
+        self._cancel_head_timer()
+        self._server._closed(self)
+        self.inner.connection_lost(exc)
+
+    # The head deadline: from the first byte of a request to its handler.
+    def request_started(self):
+        self.in_request = True
+        self._cancel_head_timer()
+
+    def request_finished(self):
+        self.in_request = False
+
+    def _cancel_head_timer(self):
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_late(self):
+        self._head_timer = None
+        if not self.in_request and self.transport is not None:
+            self._server.observer.timeouts.labels("header").inc()
+            log.info("closing a connection whose request head did not arrive within %.0f s",
+                     self._server.header_timeout)
+            self.transport.abort()
+
+
+class RestServer:
+    """TF Serving's REST API for ``predictor`` on ``address``; ``start()`` binds and serves in a thread of
+    its own (its event loop), ``stop()`` ends."""
+
+    def __init__(self, address: Tuple[str, int], predictor: Predictor, *, max_request_bytes: int,
+                 workers: int = 8, max_connections: int = 256, header_timeout: float = 10.0,
+                 body_timeout: float = 60.0, idle_timeout: float = 30.0, send_timeout: float = 60.0,
+                 observer: Optional[Observer] = None):
+        self.address = address
+        self.predictor = predictor
+        self.max_request_bytes = max_request_bytes
+        self.max_connections = max_connections
+        self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
+        self.idle_timeout = idle_timeout
+        self.send_timeout = send_timeout
+        self.observer = observer or Observer(predictor.registry.stores)
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rest")
+        self.loop = asyncio.new_event_loop()
+        self._thread: Optional[threading.Thread] = None
+        self._runner: Optional[web.AppRunner] = None
+        self._listener: Optional[asyncio.AbstractServer] = None
+        self._connections: Dict[object, _Connection] = {}  # aiohttp's protocol -> our wrapper
+        self._stopping = False
+        self.server_address: Optional[Tuple[str, int]] = None
+
+    # Lifecycle (called from other threads).
+    def start(self) -> "RestServer":
+        self._thread = threading.Thread(target=self.loop.run_forever, name="rest-server", daemon=True)
+        self._thread.start()
         try:
-            body = self._read_body(server.max_request_bytes) if method == "POST" else b""
-            if body is None:
-                return
-            name, version, label, action = parse_path(method, self.path)
+            asyncio.run_coroutine_threadsafe(self._start(), self.loop).result()
+        except BaseException:
+            self._end_loop()
+            raise
+        return self
+
+    def stop(self, grace_seconds: float = 5.0) -> None:
+        """Stops listening, lets the requests in progress answer (up to ``grace_seconds``), closes the rest."""
+        if self._thread is None:
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self._stop(grace_seconds), self.loop).result(grace_seconds + 10)
+        except Exception:  # pylint: disable=broad-except  (stopping must not fail: log and go on)
+            log.exception("stopping the REST server")
+        self._end_loop()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _end_loop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self.loop.close()
+        self._thread = None
+
+    async def _start(self) -> None:
+        app = web.Application(client_max_size=self.max_request_bytes)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        # keepalive_timeout: aiohttp closes a connection that has not sent a whole request head this long
+        # after it opened or after its previous answer (the idle deadline).
+        self._runner = web.AppRunner(app, access_log=None, keepalive_timeout=self.idle_timeout,
+                                     handle_signals=False)
+        await self._runner.setup()
+        aiohttp_server = self._runner.server
+
+        def protocol():
+            if self._stopping or len(self._connections) >= self.max_connections:
+                self.observer.refused_connections.inc()
+                return _Refusal(self.loop, self.max_connections)
+            inner = aiohttp_server()
+            return _Connection(self, inner)
+
+        host, port = self.address
+        try:
+            self._listener = await self.loop.create_server(protocol, host, port, reuse_address=True,
+                                                           backlog=max(128, self.max_connections))
+        except OSError as e:
+            await self._runner.cleanup()
+            raise OSError(f"cannot bind the REST port {host}:{port}: {e.strerror or e}") from None
+        self.server_address = self._listener.sockets[0].getsockname()[:2]
+
+    async def _stop(self, grace_seconds: float) -> None:
+        # Not aiohttp's own shutdown: it stops reading at once, so a request whose body is still arriving
+        # would fail. Here a request in progress is read, answered (with Connection: close) and then closed.
+        self._stopping = True
+        if self._listener is not None:
+            self._listener.close()
+        for connection in list(self._connections.values()):
+            if not connection.in_request and connection.transport is not None:
+                connection.transport.close()
+        deadline = self.loop.time() + grace_seconds
+        while any(c.in_request for c in self._connections.values()) and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if self._runner is not None:
+            await self._runner.cleanup()  # what is left after the grace period is cancelled
+        for connection in list(self._connections.values()):
+            if connection.transport is not None:
+                connection.transport.abort()
+        # E.g. aiohttp draining the unread body of a refused request on a connection that closed.
+        leftovers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in leftovers:
+            task.cancel()
+        if leftovers:
+            await asyncio.wait(leftovers, timeout=5)
+
+    def _opened(self, connection: _Connection) -> None:
+        self._connections[connection.inner] = connection
+        self.observer.open_connections.set(len(self._connections))
+
+    def _closed(self, connection: _Connection) -> None:
+        self._connections.pop(connection.inner, None)
+        self.observer.open_connections.set(len(self._connections))
+
+    # Requests (on the event loop).
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        connection = self._connections.get(request.protocol)
+        if connection is not None:
+            connection.request_started()
+        record = RequestRecord("REST", request.remote or "",
+                               f"{request.method} {request.raw_path} HTTP/{request.version.major}."
+                               f"{request.version.minor}", status="UNKNOWN")
+        try:
+            try:
+                status, payload, content_type, close = await self._answer(request, record)
+            except (ConnectionError, asyncio.CancelledError):
+                record.status = "CANCELLED"  # the client went away before its answer
+                raise
+            except Exception:
+                record.status = "INTERNAL"
+                raise
+            response = web.Response(status=status, body=payload, content_type=content_type)
+            if close or self._stopping:
+                response.force_close()
+            record.http_status, record.bytes_sent = status, len(payload)
+            try:
+                await asyncio.wait_for(self._send(request, response), self.send_timeout)
+            except asyncio.TimeoutError:
+                self.observer.timeouts.labels("send").inc()
+                if request.transport is not None:
+                    request.transport.abort()
+            return response
+        finally:
+            self.observer.finish(record)
+            if connection is not None:
+                connection.request_finished()
+
+    @staticmethod
+    async def _send(request: web.BaseRequest, response: web.Response) -> None:
+        await response.prepare(request)
+        await response.write_eof()
+
+    async def _answer(self, request: web.BaseRequest, record: RequestRecord) -> Tuple[int, bytes, str, bool]:
+        """(HTTP status, body, content type, whether to close the connection after it)."""
+        if request.method == "GET" and request.path == METRICS_PATH:
+            record.api = "metrics"
+            return 200, self.observer.exposition(), METRICS_CONTENT_TYPE.split(";")[0], False
+        try:  # labels for the metrics and the log, also of a request refused before its body is read
+            _, _, _, record.api = parse_path(request.method, request.raw_path)
+            record.model_name = request.match_info.get("tail", "").split("/")[2].split(":")[0]
+        except (ServingError, IndexError):
+            pass
+        body = b""
+        if request.method == "POST":
+            refusal = self._refuse_body(request, record)
+            if refusal is not None:
+                return refusal
+            try:
+                if request.content_length:
+                    body = await asyncio.wait_for(request.content.readexactly(request.content_length),
+                                                  self.body_timeout)
+            except asyncio.TimeoutError:
+                self.observer.timeouts.labels("body").inc()
+                record.status = "DEADLINE_EXCEEDED"
+                return 408, _error_body(f"The request body did not arrive within {self.body_timeout:g} s"), \
+                    "application/json", True
+            except asyncio.IncompleteReadError as e:
+                record.status = "INVALID_ARGUMENT"
+                return 400, _error_body(f"The request body ended after {len(e.partial)} of "
+                                        f"{request.content_length} bytes"), "application/json", True
+        status, payload = await self.loop.run_in_executor(
+            self._pool, self._answer_sync, request.method, request.raw_path, body, record)
+        return status, payload, "application/json", False
+
+    def _refuse_body(self, request: web.BaseRequest, record: RequestRecord):
+        if "chunked" in request.headers.get("Transfer-Encoding", "").lower():
+            record.status = "INVALID_ARGUMENT"
+            return 411, _error_body("Chunked request bodies are not supported: send a Content-Length"), \
+                "application/json", True
+        length = request.content_length or 0
+        if length > self.max_request_bytes:
+            record.status = "RESOURCE_EXHAUSTED"
+            # aiohttp reads and drops the unread body for a while, so the client sees the 413.
+            return 413, _error_body(
+                f"Request body of {length} bytes exceeds the server's limit of {self.max_request_bytes} bytes "
+                f"(--max-request-bytes); send fewer or smaller images per request"), "application/json", True
+        return None
+
+    def _answer_sync(self, method: str, path: str, body: bytes, record: RequestRecord) -> Tuple[int, bytes]:
+        """The answer of a parsed request (on a worker thread: JSON and the model call block)."""
+        try:
+            name, version, label, action = parse_path(method, path)
+            record.api, record.model_name = action, name
             if action == "status":
                 from google.protobuf import json_format  # pylint: disable=import-outside-toplevel
 
-                response = server.predictor.status(name, version, label)
+                response = self.predictor.status(name, version, label)
                 payload = json_format.MessageToJson(response, preserving_proto_field_name=True,
                                                     including_default_value_fields=True).encode("utf-8")
             elif action == "metadata":
-                loaded = server.predictor.resolve(name, version, label)
-                payload = json.dumps(server.predictor.rest_metadata(loaded)).encode("utf-8")
+                loaded = self.predictor.resolve(name, version, label)
+                record.version = str(loaded.version)
+                payload = json.dumps(self.predictor.rest_metadata(loaded)).encode("utf-8")
             else:
                 document = rest_codec.parse_body(body)
                 signature_name = rest_codec.signature_name_of(document)
-                loaded = server.predictor.resolve(name, version, label)
+                loaded = self.predictor.resolve(name, version, label)
+                record.version = str(loaded.version)
                 inputs, form = rest_codec.decode_inputs(document, loaded.inputs(signature_name))
-                outputs = server.predictor.predict(loaded, signature_name, inputs)
+                outputs = self.predictor.predict(loaded, signature_name, inputs)
                 payload = rest_codec.encode_outputs(outputs, form)
-            self._send(200, payload)
+            record.status = "OK"
+            return 200, payload
         except ServingError as e:
-            self._send_error(HTTP_STATUS.get(e.code, 500), e.message)
+            record.status = e.code
+            return HTTP_STATUS.get(e.code, 500), _error_body(e.message)
         except Exception as e:  # pylint: disable=broad-except  (answer, log, and keep serving)
-            log.exception("%s %s failed", method, self.path)
-            self._send_error(500, f"{type(e).__name__}: {e}")
-
-    def _read_body(self, limit: int) -> Optional[bytes]:
-        """The request body, or None when it was refused (the answer is sent)."""
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            self.close_connection = True
-            self._send_error(411, "Chunked request bodies are not supported: send a Content-Length")
-            return None
-        length_header = self.headers.get("Content-Length")
-        try:
-            length = int(length_header) if length_header is not None else 0
-            if length < 0:
-                raise ValueError(length_header)
-        except ValueError:
-            self.close_connection = True
-            self._send_error(400, f"Invalid Content-Length: {length_header!r}")
-            return None
-        if length > limit:
-            self.close_connection = True
-            if length <= _MAX_DISCARD_BYTES:
-                self._discard(length)
-            self._send_error(413, f"Request body of {length} bytes exceeds the server's limit of {limit} bytes "
-                                  f"(--max-request-bytes); send fewer or smaller images per request")
-            return None
-        return self.rfile.read(length)
-
-    def _discard(self, length: int) -> None:
-        try:
-            while length > 0:
-                chunk = self.rfile.read(min(length, 1 << 20))
-                if not chunk:
-                    break
-                length -= len(chunk)
-        except (OSError, socket.timeout):
-            pass
-
-    def _send_error(self, status: int, message: str) -> None:
-        self._send(status, json.dumps({"error": message}).encode("utf-8"))
-
-    def _send(self, status: int, payload: bytes) -> None:
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            if self.close_connection:
-                self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(payload)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
-
-
-class RestServer(http.server.HTTPServer):
-    """An HTTP server whose connections are served by a fixed pool of ``workers`` threads."""
-
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, address: Tuple[str, int], predictor: Predictor, *, max_request_bytes: int,
-                 workers: int = 8):
-        self.predictor = predictor
-        self.max_request_bytes = max_request_bytes
-        self.request_queue_size = max(64, workers * 4)
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rest")
-        self._connections = set()
-        self._connections_lock = threading.Lock()
-        super().__init__(address, _Handler)
-
-    def process_request(self, request, client_address):
-        self._pool.submit(self._serve_connection, request, client_address)
-
-    def _serve_connection(self, request, client_address):
-        with self._connections_lock:
-            self._connections.add(request)
-        try:
-            self.finish_request(request, client_address)
-        except Exception:  # pylint: disable=broad-except
-            self.handle_error(request, client_address)
-        finally:
-            with self._connections_lock:
-                self._connections.discard(request)
-            self.shutdown_request(request)
-
-    def server_close(self):
-        """Stops listening, lets the requests in progress answer, then closes the idle connections."""
-        super().server_close()
-        with self._connections_lock:
-            connections = list(self._connections)
-        for connection in connections:
-            try:
-                # Reading ends (an idle keep-alive connection sees EOF); a response being written still goes out.
-                connection.shutdown(socket.SHUT_RD)
-            except OSError:
-                pass
-        self._pool.shutdown(wait=True, cancel_futures=True)
+            log.exception("%s %s failed", method, path)
+            record.status = "INTERNAL"
+            return 500, _error_body(f"{type(e).__name__}: {e}")

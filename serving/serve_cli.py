@@ -2,7 +2,8 @@
 
     maskrcnn-tfx serve --model-base-path outputs/serving --model-name maskrcnn
 
-serves REST on 127.0.0.1:8501 and gRPC on 127.0.0.1:8500 (TF Serving's ports) until SIGINT or SIGTERM.
+serves REST on 127.0.0.1:8501 and gRPC on 127.0.0.1:8500 (TF Serving's ports) until SIGINT or SIGTERM, with
+Prometheus metrics at http://127.0.0.1:8501/monitoring/prometheus/metrics.
 ``--model-config-file`` reads TF Serving's ``models.config`` instead (the file ``serving-config`` writes).
 """
 from __future__ import annotations
@@ -41,14 +42,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-request-bytes", type=int, default=local_server.DEFAULT_MAX_REQUEST_BYTES,
                         metavar="BYTES", help="largest request body accepted (default 32 MiB)")
     parser.add_argument("--workers", type=int, default=8,
-                        help="threads of each API: connections (REST) and calls (gRPC) served at once (default 8)")
+                        help="threads of each API: requests decoded and answered at once (default 8)")
+    parser.add_argument("--max-connections", type=int, default=local_server.ServerOptions.max_connections,
+                        metavar="N", help="REST connections open at once; more are answered 503 (default 256)")
+    parser.add_argument("--header-timeout", type=float, default=local_server.ServerOptions.header_timeout,
+                        metavar="S", help="seconds for a REST request's head to arrive once it has begun "
+                                          "(default 10)")
+    parser.add_argument("--body-timeout", type=float, default=local_server.ServerOptions.body_timeout,
+                        metavar="S", help="seconds for a REST request's body to arrive (default 60; 408 after)")
+    parser.add_argument("--idle-timeout", type=float, default=local_server.ServerOptions.idle_timeout,
+                        metavar="S", help="seconds a REST connection may stay open without a request (default 30)")
+    parser.add_argument("--send-timeout", type=float, default=local_server.ServerOptions.send_timeout,
+                        metavar="S", help="seconds for a REST client to take its answer (default 60)")
+    parser.add_argument("--access-log", metavar="FILE",
+                        help="append one line per request (REST and gRPC) to FILE; '-' for standard error")
     parser.add_argument("--max-concurrent-predictions", type=int, default=2, metavar="N",
                         help="model calls running at once (default 2)")
     parser.add_argument("--poll-seconds", type=float, default=1.0, metavar="S",
                         help="how often the base paths are checked for new versions (default 1)")
     parser.add_argument("--no-warmup", action="store_true",
                         help="do not replay the model's warm-up requests when a version loads")
-    parser.add_argument("--verbose", action="store_true", help="log every request")
+    parser.add_argument("--verbose", action="store_true", help="debug logging")
 
 
 def _models(args):
@@ -80,15 +94,17 @@ def main(args: argparse.Namespace) -> int:
             host=args.host, rest_port=None if args.no_rest else args.rest_port,
             grpc_port=None if args.no_grpc else args.grpc_port, max_request_bytes=args.max_request_bytes,
             workers=args.workers, max_concurrent_predictions=args.max_concurrent_predictions,
-            poll_seconds=args.poll_seconds, warmup=not args.no_warmup)
+            poll_seconds=args.poll_seconds, warmup=not args.no_warmup, max_connections=args.max_connections,
+            header_timeout=args.header_timeout, body_timeout=args.body_timeout, idle_timeout=args.idle_timeout,
+            send_timeout=args.send_timeout, access_log=args.access_log)
     except (ValueError, OSError) as e:
         print(f"serve: error: {e}", file=sys.stderr)
         return 2
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    server = local_server.LocalServer(models, options)
     try:
+        server = local_server.LocalServer(models, options)
         server.start()
     except OSError as e:
         print(f"serve: error: {e}", file=sys.stderr)

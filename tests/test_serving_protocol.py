@@ -60,7 +60,10 @@ def test_missing_named_input_in_a_row():
 
 @pytest.mark.parametrize("body, message", [
     (b"", "The document is empty"), (b"{", "JSON Parse error"), (b"[1, 2]", "not a JSON object"),
-    (b"\xff\xfe{}", "JSON Parse error")])
+    (b"\xff\xfe{}", "JSON Parse error"),
+    (b"[" * 100_000 + b"]" * 100_000, "nests too deep"),
+    (b'{"instances": ' + b"[" * 65 + b"]" * 65 + b"}", "nests 66 levels deep, more than 64"),
+    (b'{"instances": [' + b"9" * 5000 + b"]}", "JSON Parse error: Exceeds the limit")])
 def test_bodies_that_are_not_json_objects(body, message):
     with pytest.raises(ServingError, match=message):
         rest_codec.parse_body(body)
