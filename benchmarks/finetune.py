@@ -109,7 +109,8 @@ def main(argv=None) -> int:
                                  os.path.join(runs_dir, name))
         seconds = time.monotonic() - start
         metrics = result.eval_metrics
-        print(f"{name}: preset {preset}, {result.global_step} steps in {seconds:.0f} s, lr {config.train.learning_rate.base:g}"
+        print(f"{name}: preset {preset}, {result.global_step} steps in {seconds:.0f} s, "
+              f"lr {config.train.learning_rate.base:g}"
               + (f", init {config.train.init_checkpoint_modules} from {config.train.init_checkpoint}"
                  if config.train.init_checkpoint else "")
               + (f": box AP {metrics['AP']:.3f} (AP50 {metrics['AP50']:.3f}), mask AP {metrics['mask_AP']:.3f} "

@@ -114,8 +114,9 @@ def restore_weights(model: tf_keras.Model, path: str) -> str:
         status = target.read(prefix)
         status.expect_partial().assert_existing_objects_matched()
     except (ValueError, AssertionError, tf.errors.OpError) as e:
-        raise WeightsError(f"the weights in {path} do not fit this model (a different backbone, head sizes or "
-                           f"number of classes?): {e}") from None
+        where = path if path == prefix else f"{path} (checkpoint {prefix})"
+        raise WeightsError(f"the weights in {where} do not fit this model (a different backbone, head sizes or "
+                           f"number of classes?): {_short(e)}") from None
     logger.info("Loaded the model's weights from %s (object path %s)", prefix, "/".join(model_path) or "<root>")
     return prefix
 
@@ -254,13 +255,13 @@ class MaskRCNNTrainerTask(mg_maskrcnn_task.MaskRCNNTask):
         if mode == "all":
             restore_weights(model, checkpoint)
         elif mode == ALL_BUT_CLASS_LAYERS:
-            restore_all_but_class_layers(model, checkpoint, self._build_model_with_classes)
+            restore_all_but_class_layers(model, checkpoint, self.build_model_with_classes)
         elif mode in INIT_PARTS:
             restore_parts(model, checkpoint, INIT_PARTS[mode])
         else:
             raise WeightsError(f"init_checkpoint_modules {mode!r} is not one of {', '.join(INIT_MODES)}")
 
-    def _build_model_with_classes(self, num_classes: int) -> tf_keras.Model:
+    def build_model_with_classes(self, num_classes: int) -> tf_keras.Model:
         """This task's model with another number of classes (to read a checkpoint of other classes)."""
         params = self.task_config.replace(model={"num_classes": num_classes}, init_checkpoint=None)
         return mg_maskrcnn_task.MaskRCNNTask(params).build_model()
