@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metadata-path", help="the SQLite metadata file (default: PIPELINE_ROOT/metadata.sqlite)")
     parser.add_argument("--serving-dir", help="where blessed models are pushed, as <version>/ folders "
                                              "(default: PIPELINE_ROOT/serving)")
-    parser.add_argument("--preset", help="the trainer preset (tiny, coco_r50fpn) or a preset YAML file")
+    parser.add_argument("--preset", help="the trainer preset (tiny, finetune, coco_r50fpn) or a preset YAML file")
     parser.add_argument("--train-steps", type=int, help="training steps (default: the preset's)")
     parser.add_argument("--eval-steps", type=int, help="evaluation steps of the Trainer (-1: whole eval split)")
     parser.add_argument("--init-checkpoint", metavar="PATH",
