@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 DEMO_IMAGES ?= 160
 DEMO_STEPS ?= 500
 # Every benchmark, quickest first (the accuracy one trains for 30 minutes); `make bench BENCH=serving` runs one.
-BENCH ?= convert_coco serving serving_load evaluator train_throughput inference_latency pipeline train_accuracy
+BENCH ?= convert_coco serving serving_load evaluator train_throughput inference_latency pipeline finetune train_accuracy
 # Some machines' pip configuration names package indexes that are absent; pip warns once per package.
 PIP_NOISE := ^WARNING: Location .* is ignored
 

@@ -35,6 +35,9 @@ from maskrcnn_tfx import label_map as label_map_lib
 RUNNERS = ("local", "beam", "kubeflow")
 INFRA_VALIDATION_MODES = ("off", "docker", "kubernetes")
 BOX_METRICS = ("pycocotools", "tfma")
+# What trainer.init_checkpoint loads (trainer/config.py's INIT_CHECKPOINT_MODULES; kept here so the CLI does not
+# import TensorFlow to list them).
+INIT_CHECKPOINT_MODULES = ("backbone", "backbone_fpn", "all_but_class_layers", "all")
 SPAN_TOKEN = "{SPAN}"
 DEFAULT_PIPELINE_NAME = "maskrcnn-tfx"
 DEFAULT_IMAGE = "maskrcnn-tfx:latest"
@@ -79,6 +82,11 @@ class TrainerSettings:
     # 0: the configuration's train.train_steps / train.eval_steps (-1 = the whole eval split).
     train_steps: int = 0
     eval_steps: int = 0
+    # Fine-tuning: the Trainer's train.init_checkpoint (a checkpoint prefix, a folder of checkpoints or a
+    # SavedModel; local paths are made absolute and checked) and train.init_checkpoint_modules ("backbone",
+    # "backbone_fpn", "all_but_class_layers", "all"); "" keeps the preset's (and overrides') values.
+    init_checkpoint: str = ""
+    init_checkpoint_modules: str = ""
 
 
 @dataclasses.dataclass
@@ -211,6 +219,10 @@ class PipelineConfig:
         """The Trainer's ``custom_config``: the trainer configuration dict of ``trainer.task``."""
         custom = {"preset": self.trainer.preset, "label_map_path": self.label_map_path}
         _merge(custom, self.trainer.overrides)
+        init = {key: getattr(self.trainer, key) for key in ("init_checkpoint", "init_checkpoint_modules")
+                if getattr(self.trainer, key)}
+        if init:
+            _merge(custom, {"train": init})
         return custom
 
     # -- validation ----------------------------------------------------------------------------------------
@@ -265,13 +277,26 @@ class PipelineConfig:
         need(t.train_steps >= 0, f"trainer.train_steps must be >= 0 (0: the preset's), not {t.train_steps}")
         need(t.eval_steps >= -1, f"trainer.eval_steps must be >= -1, not {t.eval_steps}")
         need(isinstance(t.overrides, dict), "trainer.overrides must be a mapping of trainer fields")
+        # Components may run in another working directory: a local checkpoint path is made absolute.
+        if t.init_checkpoint and _is_local(t.init_checkpoint):
+            t.init_checkpoint = _checkpoint_path(t.init_checkpoint)
+        train_overrides = t.overrides.get("train") if isinstance(t.overrides, dict) else None
+        if isinstance(train_overrides, dict) and isinstance(train_overrides.get("init_checkpoint"), str) \
+                and train_overrides["init_checkpoint"] and _is_local(train_overrides["init_checkpoint"]):
+            train_overrides["init_checkpoint"] = _checkpoint_path(train_overrides["init_checkpoint"])
         if not problems:
             # The Trainer would fail only after Transform: check the trainer configuration now.
             from trainer import config as trainer_config  # pylint: disable=g-import-not-at-top
             try:
-                trainer_config.load_config(overrides=c.trainer_custom_config())
+                init_checkpoint = trainer_config.load_config(
+                    overrides=c.trainer_custom_config()).train.init_checkpoint
             except trainer_config.ConfigError as e:
                 problems.append(f"trainer: {e}")
+            else:
+                # The Trainer would only find a missing checkpoint after Transform: check it now.
+                if check_files and init_checkpoint and _is_local(init_checkpoint):
+                    problem = _checkpoint_problem(init_checkpoint)
+                    need(problem is None, f"trainer.init_checkpoint: {problem}")
 
         e = c.evaluation
         for name in ("min_mask_ap", "min_box_ap"):
@@ -332,6 +357,40 @@ def _is_local(path: str) -> bool:
 
 def _absolute(path: str) -> str:
     return os.path.abspath(os.path.expanduser(path)) if _is_local(path) else path
+
+
+def _checkpoint_path(path: str) -> str:
+    """An absolute checkpoint path; a checkpoint's ``.index`` file names its prefix."""
+    path = _absolute(path)
+    return path[:-len(".index")] if path.endswith(".index") else path
+
+
+def _checkpoint_problem(path: str) -> Optional[str]:
+    """Why ``path`` is no checkpoint the Trainer can read (None when it is one): a checkpoint prefix whose
+    ``.index`` and ``.data-*`` files exist, a folder with a ``checkpoint`` state file naming an existing
+    checkpoint (its latest), or a SavedModel folder."""
+    if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, "saved_model.pb")):
+            return None
+        state = os.path.join(path, "checkpoint")
+        if not os.path.isfile(state):
+            return (f"{path} is a folder without checkpoints (no 'checkpoint' file) and is no SavedModel; give "
+                    f"a checkpoint prefix such as {os.path.join(path, 'ckpt-1000')} or the folder a Trainer wrote")
+        with open(state, encoding="utf-8") as f:
+            latest = next((line.split(":", 1)[1].strip().strip('"') for line in f
+                           if line.startswith("model_checkpoint_path:")), "")
+        if not latest:
+            return f"{state} names no checkpoint"
+        prefix = latest if os.path.isabs(latest) else os.path.join(path, latest)
+        problem = _checkpoint_problem(prefix) if prefix != path else None
+        return f"the latest checkpoint of {path}: {problem}" if problem else None
+    if not os.path.isfile(path + ".index"):
+        return (f"{path} does not exist: give a checkpoint prefix (e.g. .../ckpt-1000, whose .index and .data files "
+                f"exist), a folder of checkpoints or a SavedModel folder")
+    directory, name = os.path.split(path)
+    if not any(f.startswith(name + ".data-") for f in os.listdir(directory or ".")):
+        return f"the checkpoint {path} has an .index file but no .data files"
+    return None
 
 
 def _merge(base: Dict[str, Any], changes: Mapping[str, Any]) -> None:

@@ -5,6 +5,7 @@ Examples::
     maskrcnn-tfx run --data outputs/shapes/tfrecords --train-steps 200
     maskrcnn-tfx run --config pipeline.yaml --runner beam --beam-arg=--direct_num_workers=4
     maskrcnn-tfx run --config pipeline.yaml --runner kubeflow --image gcr.io/me/maskrcnn-tfx:0.1.0
+    maskrcnn-tfx run --data my/tfrecords --preset finetune --init-checkpoint pretrained/ckpt-800
 
 Flags override the YAML file's values; the merged configuration is validated once, before anything runs.
 """
@@ -14,7 +15,7 @@ import argparse
 import sys
 from typing import Any, Dict
 
-from pipelines.config import RUNNERS, PipelineConfig, PipelineConfigError
+from pipelines.config import INIT_CHECKPOINT_MODULES, RUNNERS, PipelineConfig, PipelineConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,13 +32,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metadata-path", help="the SQLite metadata file (default: PIPELINE_ROOT/metadata.sqlite)")
     parser.add_argument("--serving-dir", help="where blessed models are pushed, as <version>/ folders "
                                              "(default: PIPELINE_ROOT/serving)")
-    parser.add_argument("--preset", help="the trainer preset (tiny, coco_r50fpn) or a preset YAML file")
+    parser.add_argument("--preset", help="the trainer preset (tiny, finetune, coco_r50fpn) or a preset YAML file")
     parser.add_argument("--train-steps", type=int, help="training steps (default: the preset's)")
     parser.add_argument("--eval-steps", type=int, help="evaluation steps of the Trainer (-1: whole eval split)")
     parser.add_argument("--min-mask-ap", type=float, help="bless only with a mask AP strictly above this "
                                                           "(default 0.001; -1: any AP)")
     parser.add_argument("--min-box-ap", type=float, help="bless only with a box AP strictly above this "
                                                          "(default 0.001; -1: any AP)")
+    parser.add_argument("--init-checkpoint", metavar="PATH",
+                        help="fine-tune from pretrained weights: a checkpoint prefix (.../ckpt-N), a folder of "
+                             "checkpoints (its latest) or a SavedModel, downloaded beforehand")
+    parser.add_argument("--init-checkpoint-modules", choices=INIT_CHECKPOINT_MODULES,
+                        help="what --init-checkpoint loads (default: the preset's): backbone; backbone_fpn; "
+                             "all_but_class_layers (any label map: the class logits, box regression and mask "
+                             "logits start fresh); all (same classes)")
     parser.add_argument("--max-ap-drop", type=float, help="bless only if AP is at most this below the last "
                                                           "blessed model's")
     parser.add_argument("--box-metric", choices=("pycocotools", "tfma"),
@@ -79,6 +87,8 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     put("trainer", "preset", args.preset)
     put("trainer", "train_steps", args.train_steps)
     put("trainer", "eval_steps", args.eval_steps)
+    put("trainer", "init_checkpoint", args.init_checkpoint)
+    put("trainer", "init_checkpoint_modules", args.init_checkpoint_modules)
     put("evaluation", "min_mask_ap", args.min_mask_ap)
     put("evaluation", "min_box_ap", args.min_box_ap)
     put("evaluation", "max_ap_drop", args.max_ap_drop)

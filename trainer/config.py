@@ -55,7 +55,8 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 COMPRESSIONS = ("auto", "gzip", "none")
 # Compute precisions of the exported serving model (trainer/export.py; its PRECISIONS must list the same).
 SERVING_PRECISIONS = ("float32", "bfloat16")
-INIT_CHECKPOINT_MODULES = ("backbone", "all")
+# What train.init_checkpoint loads (trainer/model.py's INIT_MODES): see TrainConfig.
+INIT_CHECKPOINT_MODULES = ("backbone", "backbone_fpn", "all_but_class_layers", "all")
 # Model Garden's FPN reads backbone levels up to 5 and adds coarser ones itself; level 1 is not produced.
 MIN_FPN_LEVEL, MAX_FPN_LEVEL = 2, 7
 
@@ -173,7 +174,11 @@ class TrainConfig(hyperparams.Config):
     # XLA-compiles the training step (Model Garden applies it on GPUs).
     enable_xla: bool = False
     # Pretrained weights for a fresh run (ignored when resuming from model_run_dir or warm-starting from a
-    # base model): a checkpoint file or folder; "backbone" loads only the backbone, "all" the whole model.
+    # base model): a checkpoint prefix (``.../ckpt-N``), a folder (its latest checkpoint) or a SavedModel.
+    # init_checkpoint_modules: "backbone" (a Mask R-CNN's or an ImageNet classifier's backbone),
+    # "backbone_fpn" (a Mask R-CNN's backbone and FPN), "all_but_class_layers" (a Mask R-CNN of any label map:
+    # everything but the class logits, per-class box regression and mask logits, which start fresh), "all"
+    # (a Mask R-CNN with the same classes). Every loaded variable must be in the checkpoint with its shape.
     init_checkpoint: str = ""
     init_checkpoint_modules: str = "backbone"
     freeze_backbone: bool = False

@@ -5,8 +5,9 @@ COCO metrics: all unchanged) with two overrides:
 
 - ``build_inputs`` reads the data set's pixel statistics and renormalizes images (see :mod:`trainer.input`);
 - ``initialize`` (called only when the run's model dir has no checkpoint yet, i.e. never when resuming)
-  warm-starts from a previous model: a TFX base model (SavedModel), a training checkpoint, or Model Garden's
-  ``init_checkpoint``.
+  warm-starts from a previous model (a TFX base model: SavedModel or training checkpoint), or loads
+  ``init_checkpoint`` for fine-tuning: the backbone, the backbone and FPN, the whole model but its
+  class-dependent layers (another label map), or the whole model (see :data:`INIT_MODES`).
 
 :func:`restore_weights` loads Mask R-CNN weights from any SavedModel or checkpoint that contains the model,
 wherever it sits in the saved object graph: the model is found by its parts' names, not by a fixed path.
@@ -16,7 +17,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import maskrcnn_tfx  # noqa: F401  (selects tf_keras before TensorFlow loads)
 import tensorflow as tf
@@ -55,12 +56,15 @@ def checkpoint_prefix(path: str) -> str:
     raise WeightsError(f"{path} is not a SavedModel folder, a checkpoint folder or a checkpoint prefix")
 
 
-def find_model_path(prefix: str) -> List[str]:
-    """The names leading from the checkpoint's root to the saved Mask R-CNN model (``[]`` for the root).
+def find_model_path(prefix: str, parts: Sequence[str] = tuple(sorted(_REQUIRED_PARTS))) -> List[str]:
+    """The names leading from the checkpoint's root to the first object with all of ``parts`` as children
+    (default: a saved Mask R-CNN model; ``[]`` for the root).
 
     Breadth first, so the shallowest match wins (in a training checkpoint the root itself lists the model's
-    parts beside ``model``; both hold the same variables).
+    parts beside ``model``; both hold the same variables; an ImageNet classifier's checkpoint lists
+    ``backbone`` at its root).
     """
+    wanted = frozenset(parts)
     try:
         reader = tf.train.load_checkpoint(prefix)
         graph = trackable_object_graph_pb2.TrackableObjectGraph.FromString(reader.get_tensor(_OBJECT_GRAPH_KEY))
@@ -71,18 +75,20 @@ def find_model_path(prefix: str) -> List[str]:
     while queue:
         node_id, path = queue.popleft()
         children = graph.nodes[node_id].children
-        if _REQUIRED_PARTS <= {c.local_name for c in children}:
+        if wanted <= {c.local_name for c in children}:
             return path
         for child in children:
             if child.node_id not in seen:
                 seen.add(child.node_id)
                 queue.append((child.node_id, path + [child.local_name]))
-    raise WeightsError(f"{prefix} holds no Mask R-CNN model (no object with children {sorted(_REQUIRED_PARTS)})")
+    what = ("no Mask R-CNN model" if wanted == _REQUIRED_PARTS else f"no {' and '.join(sorted(wanted))}")
+    raise WeightsError(f"{prefix} holds {what} (no object with children {sorted(wanted)})")
 
 
-def _restore_target(model: tf_keras.Model, path: Sequence[str]) -> tf.train.Checkpoint:
-    """A checkpoint object whose graph reaches the model's parts along ``path``."""
-    parts = {name: getattr(model, name) for name in MODEL_PARTS if getattr(model, name, None) is not None}
+def _restore_target(model: tf_keras.Model, path: Sequence[str],
+                    names: Sequence[str] = MODEL_PARTS) -> tf.train.Checkpoint:
+    """A checkpoint object whose graph reaches the model's parts ``names`` along ``path``."""
+    parts = {name: getattr(model, name) for name in names if getattr(model, name, None) is not None}
     if not path:
         return tf.train.Checkpoint(**parts)
     node = tf.Module()
@@ -108,9 +114,95 @@ def restore_weights(model: tf_keras.Model, path: str) -> str:
         status = target.read(prefix)
         status.expect_partial().assert_existing_objects_matched()
     except (ValueError, AssertionError, tf.errors.OpError) as e:
-        raise WeightsError(f"the weights in {path} do not fit this model (a different backbone, head sizes or "
-                           f"number of classes?): {e}") from None
+        where = path if path == prefix else f"{path} (checkpoint {prefix})"
+        raise WeightsError(f"the weights in {where} do not fit this model (a different backbone, head sizes or "
+                           f"number of classes?): {_short(e)}") from None
     logger.info("Loaded the model's weights from %s (object path %s)", prefix, "/".join(model_path) or "<root>")
+    return prefix
+
+
+# train.init_checkpoint_modules (trainer/config.py lists the same names) -> the parts each loads. The
+# "all_but_class_layers" and "all" modes load the whole model (see MaskRCNNTrainerTask.initialize).
+INIT_PARTS = {"backbone": ("backbone",), "backbone_fpn": ("backbone", "decoder")}
+ALL_BUT_CLASS_LAYERS = "all_but_class_layers"
+INIT_MODES = ("backbone", "backbone_fpn", ALL_BUT_CLASS_LAYERS, "all")
+# Keras names of Model Garden's class-dependent layers, whose shapes follow the number of classes: the box
+# head's class logits and per-class box regression, the mask head's per-class mask logits.
+CLASS_LAYER_NAMES = frozenset({"detection-scores", "detection-boxes", "mask-logits"})
+# TensorFlow lists every unmatched object; the first ones name the problem.
+_MAX_ERROR_CHARS = 1500
+
+
+def is_class_layer_variable(variable: tf.Variable) -> bool:
+    """Whether a variable belongs to one of the :data:`CLASS_LAYER_NAMES` layers."""
+    return any(scope.split("_", 1)[0] in CLASS_LAYER_NAMES or scope in CLASS_LAYER_NAMES
+               for scope in variable.name.split("/")[:-1])
+
+
+def _short(error: BaseException) -> str:
+    text = str(error)
+    return text if len(text) <= _MAX_ERROR_CHARS else text[:_MAX_ERROR_CHARS] + " ..."
+
+
+def restore_parts(model: tf_keras.Model, path: str, parts: Sequence[str]) -> str:
+    """Loads the model's ``parts`` (e.g. ``("backbone", "decoder")``) from a checkpoint or SavedModel that holds
+    them: a Mask R-CNN's, or an ImageNet classifier's for ``("backbone",)``. Every variable of those parts must
+    be in the checkpoint with the same shape; the rest of the model keeps its initialization.
+
+    Returns the checkpoint prefix read; raises :class:`WeightsError` naming the checkpoint and the variables.
+    """
+    prefix = checkpoint_prefix(path)
+    node_path = find_model_path(prefix, parts)
+    target = _restore_target(model, node_path, parts)
+    try:
+        target.read(prefix).expect_partial().assert_existing_objects_matched()
+    except (ValueError, AssertionError, tf.errors.OpError) as e:
+        raise WeightsError(f"the {' and '.join(parts)} weights of the checkpoint {prefix} do not fit this model "
+                           f"(another backbone, or other FPN levels or filters?): {_short(e)}") from None
+    logger.info("Loaded the %s from %s (object path %s)", " and ".join(parts), prefix,
+                "/".join(node_path) or "<root>")
+    return prefix
+
+
+def checkpoint_num_classes(prefix: str, model_path: Sequence[str]) -> int:
+    """The number of classes of the Mask R-CNN saved at ``model_path`` in a checkpoint (its class logits' width)."""
+    head = "/".join(list(model_path) + ["detection_head"]) + "/"
+    for key, shape in tf.train.load_checkpoint(prefix).get_variable_to_shape_map().items():
+        # Model Garden's box head keeps its class logits layer in the attribute _classifier.
+        if key.startswith(head) and "/_classifier/kernel/" in key:
+            return int(shape[-1])
+    raise WeightsError(f"{prefix}: the saved Mask R-CNN has no class logits layer under {head}")
+
+
+def restore_all_but_class_layers(model: tf_keras.Model, path: str,
+                                 build_model: Callable[[int], tf_keras.Model]) -> str:
+    """Loads every weight of ``model`` except its class-dependent layers (:data:`CLASS_LAYER_NAMES`) from a saved
+    Mask R-CNN of the same architecture and any number of classes; those layers keep their initialization.
+
+    The saved model is first restored whole, strictly, into ``build_model(its number of classes)`` (the same
+    architecture with the checkpoint's classes), so any other mismatch fails by variable name; then every
+    variable but the class layers' is copied over.
+
+    Returns the checkpoint prefix read; raises :class:`WeightsError`.
+    """
+    prefix = checkpoint_prefix(path)
+    num_classes = checkpoint_num_classes(prefix, find_model_path(prefix))
+    source = build_model(num_classes)
+    try:
+        restore_weights(source, prefix)
+    except WeightsError as e:
+        raise WeightsError(f"all but the class layers: {e}") from None
+    targets, sources = model_parts_variables(model), model_parts_variables(source)
+    if [n for n, _ in targets] != [n for n, _ in sources]:
+        raise WeightsError(f"{prefix}: the model built for the checkpoint's {num_classes} classes differs from "
+                           f"this one beyond its class layers")
+    copied = 0
+    for (name, variable), (_, value) in zip(targets, sources):
+        if not is_class_layer_variable(variable):
+            variable.assign(value)
+            copied += 1
+    logger.info("Loaded %d of %d weights from %s (its %d classes' layers left out)", copied, len(targets), prefix,
+                num_classes)
     return prefix
 
 
@@ -154,11 +246,25 @@ class MaskRCNNTrainerTask(mg_maskrcnn_task.MaskRCNNTask):
                             self.task_config.init_checkpoint)
             restore_weights(model, self._warm_start_from)
             return
-        if self.task_config.init_checkpoint and self.task_config.init_checkpoint_modules == "all":
-            # Any saved Mask R-CNN, not only a checkpoint whose root names the model "model".
-            restore_weights(model, self.task_config.init_checkpoint)
+        checkpoint = self.task_config.init_checkpoint
+        if not checkpoint:
             return
-        super().initialize(model)
+        # Our own loading rather than Model Garden's, for every mode: it accepts checkpoint folders, prefixes and
+        # SavedModels wherever the model sits in them, and its errors name the checkpoint and the variables.
+        mode = self.task_config.init_checkpoint_modules
+        if mode == "all":
+            restore_weights(model, checkpoint)
+        elif mode == ALL_BUT_CLASS_LAYERS:
+            restore_all_but_class_layers(model, checkpoint, self.build_model_with_classes)
+        elif mode in INIT_PARTS:
+            restore_parts(model, checkpoint, INIT_PARTS[mode])
+        else:
+            raise WeightsError(f"init_checkpoint_modules {mode!r} is not one of {', '.join(INIT_MODES)}")
+
+    def build_model_with_classes(self, num_classes: int) -> tf_keras.Model:
+        """This task's model with another number of classes (to read a checkpoint of other classes)."""
+        params = self.task_config.replace(model={"num_classes": num_classes}, init_checkpoint=None)
+        return mg_maskrcnn_task.MaskRCNNTask(params).build_model()
 
 
 def build_task(experiment: mg_cfg.ExperimentConfig, *, logging_dir: Optional[str] = None,
