@@ -249,6 +249,17 @@ class MaskRCNNServingModule(detection.DetectionModule):
         return {key: detections[key] for key in ("detection_boxes", "detection_classes", "detection_scores",
                                                  "num_detections", "detection_masks")}
 
+    def create_variables(self) -> None:
+        """Runs the network once, eagerly, on one blank image at the model's input size.
+
+        Model Garden builds the heads' layers, and so creates their variables, at their first call; a
+        tf.function whose first trace creates variables is traced a second time, and tracing the network is
+        most of the export's time. After this call the signatures are traced once.
+        """
+        height, width = self._padded_size
+        self._run_model(tf.zeros([1, height, width, self._num_channels], tf.float32),
+                        tf.constant([[height, width]], tf.float32))
+
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=IMAGES_INPUT)])
     def serve_encoded_images(self, images: tf.Tensor) -> Dict[str, tf.Tensor]:
         return self.detect(images)
@@ -406,8 +417,9 @@ def export_serving_model(model: tf_keras.Model, config: Union[TrainerConfig, cfg
             module = MaskRCNNServingModule(params, None, label_map, label_map_file,
                                            tf_transform_output=tf_transform_output, precision=precision,
                                            jit_compile=jit_compile)
-            # Variables the inference graph creates while it is traced get their values as they appear.
+            # Variables created later (the heads', at their first call) get their values as they appear.
             restored = tf.train.Checkpoint(model=module.model).read(weights)
+            module.create_variables()
             signatures = module.serving_signatures()
         # Every trained weight must have found its place in the inference copy.
         restored.assert_consumed()
