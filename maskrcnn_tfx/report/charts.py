@@ -17,6 +17,8 @@ from pipelines import metrics as metrics_lib
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
 KIND_COLORS = {"mask_ap": "#0072B2", "box_ap": "#E69F00"}
 KIND_LABELS = {"mask_ap": "mask AP", "box_ap": "box AP"}
+# Above this many classes the instance counts are drawn one row per class (names on the side, not squeezed).
+MAX_COLUMN_CLASSES = 12
 # Per-class precision-recall curves drawn at most (the best ones): more would be an unreadable tangle.
 MAX_CLASS_CURVES = 8
 BLESSED_COLOR, NOT_BLESSED_COLOR, NEUTRAL_COLOR = "#009E73", "#D55E00", "#888888"
@@ -182,6 +184,8 @@ def class_counts(counts_by_split: Dict[str, Dict[str, int]], path: str) -> str:
     """Instances per class in each split (grouped bars)."""
     names = sorted({n for counts in counts_by_split.values() for n in counts})
     splits = list(counts_by_split)
+    if len(names) > MAX_COLUMN_CLASSES:
+        return _class_counts_by_row(counts_by_split, names, splits, path)
     figure = _figure(max(5.0, 0.8 * len(names) + 2.0), 3.2)
     ax = figure.subplots()
     width = 0.8 / max(len(splits), 1)
@@ -194,5 +198,26 @@ def class_counts(counts_by_split: Dict[str, Dict[str, int]], path: str) -> str:
     ax.set_xticks(x, names, fontsize=8)
     ax.set_ylabel("instances")
     ax.legend(fontsize=8, frameon=False)
+    _style(ax)
+    return _save(figure, path)
+
+
+def _class_counts_by_row(counts_by_split: Dict[str, Dict[str, int]], names: List[str], splits: List[str],
+                         path: str) -> str:
+    """Many classes (COCO's 80): one row per class, the most frequent first, so every name stays readable."""
+    names = sorted(names, key=lambda n: (-sum(c.get(n, 0) for c in counts_by_split.values()), n))
+    figure = _figure(7.5, 1.2 + 0.14 * len(names) * max(len(splits), 1))
+    ax = figure.subplots()
+    height = 0.8 / max(len(splits), 1)
+    y = np.arange(len(names))[::-1]
+    for i, split in enumerate(splits):
+        values = [counts_by_split[split].get(n, 0) for n in names]
+        bars = ax.barh(y - (i - (len(splits) - 1) / 2) * height, values, height * 0.92,
+                       color=PALETTE[i % len(PALETTE)], label=split)
+        ax.bar_label(bars, fontsize=6, padding=2)
+    ax.set_yticks(y, names, fontsize=8)
+    ax.set_ylim(-0.6, len(names) - 0.4)
+    ax.set_xlabel("instances")
+    figure.legend(loc="outside upper center", ncol=len(splits), fontsize=8, frameon=False)
     _style(ax)
     return _save(figure, path)
