@@ -108,7 +108,7 @@ def test_one_photo_served_by_the_local_server(coco128_run):
     assert set(served["detection_classes"][0, :num].tolist()) <= set(label_map.ids)
     boxes = served["detection_boxes"][0, :num]
     assert np.all((boxes >= 0) & (boxes <= 1)) and np.all(boxes[:, 2:] >= boxes[:, :2])
-    assert len(detections) == num and all(d.class_name in label_map.names for d in detections)
+    assert len(detections) == num and all(d.class_name in label_map.names for d in detections.detections)
     # Masks pasted onto the whole photo, at its own size.
     assert all(d.mask.shape == (photo.height, photo.width) for d in detections.detections)
     # The server answers what the pushed SavedModel computes itself.
