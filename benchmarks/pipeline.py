@@ -98,7 +98,7 @@ def run_once(config_file: str, result_file: str) -> None:
     started = time.time()
     local_runner.run(config)
     wall = time.time() - started
-    run = outputs.latest_run(config)
+    run = outputs.summarize_run(config)  # with the blessing, the pushed model and the metrics
     assert run is not None, "the run left nothing in the metadata store"
     executions = sorted(run.executions.values(), key=lambda e: e.start_ms)
     trainer = run.executions.get(TRAINER_ID)
