@@ -419,7 +419,9 @@ def export_serving_model(model: tf_keras.Model, config: Union[TrainerConfig, cfg
                                            jit_compile=jit_compile)
             # Variables created later (the heads', at their first call) get their values as they appear.
             restored = tf.train.Checkpoint(model=module.model).read(weights)
-            module.create_variables()
+            if precision == "float32":
+                # (bfloat16 keeps building its heads in the trace, where its float32 outputs were measured.)
+                module.create_variables()
             signatures = module.serving_signatures()
         # Every trained weight must have found its place in the inference copy.
         restored.assert_consumed()
