@@ -79,7 +79,8 @@ class TrainerSettings:
 
     preset: str = "tiny"
     overrides: Dict[str, Any] = dataclasses.field(default_factory=dict)
-    # 0: the configuration's train.train_steps / train.eval_steps (-1 = the whole eval split).
+    # train_steps 0: the configuration's train.train_steps. eval_steps: the Trainer's own evaluation (-1 = the
+    # whole eval split); 0: none unless overrides set train.eval_steps (the Evaluator computes the same COCO AP).
     train_steps: int = 0
     eval_steps: int = 0
     # Fine-tuning: the Trainer's train.init_checkpoint (a checkpoint prefix, a folder of checkpoints or a

@@ -67,6 +67,22 @@ def _infra_validator(config: PipelineConfig, examples, model) -> Optional[tfx.co
                                          request_spec=request_spec)
 
 
+def _trainer_custom_config(config: PipelineConfig):
+    """The Trainer's custom_config; the Trainer evaluates only when the configuration asks it to.
+
+    The Evaluator computes COCO box and mask AP on the same eval split, exactly, and decides the blessing: the
+    Trainer's own evaluation (Model Garden's, at the end of training) would repeat it, at the cost of building
+    the eval input pipeline, tracing the eval step and a pass over the split. ``trainer.eval_steps`` or
+    ``trainer.overrides: {train: {eval_steps: N}}`` turn it back on (its metrics go to TensorBoard).
+    """
+    custom = config.trainer_custom_config()
+    train = dict(custom.get("train") or {})
+    if not config.trainer.eval_steps and "eval_steps" not in train:
+        train["eval_steps"] = 0
+        custom["train"] = train
+    return custom
+
+
 def create_pipeline(config: PipelineConfig, *, validated: bool = False) -> tfx.dsl.Pipeline:
     """The TFX pipeline of ``config`` (validated here unless ``validated``), for any runner.
 
@@ -110,7 +126,7 @@ def create_pipeline(config: PipelineConfig, *, validated: bool = False) -> tfx.d
         schema=schema_gen.outputs["schema"],
         train_args=tfx.proto.TrainArgs(num_steps=config.trainer.train_steps) if config.trainer.train_steps else None,
         eval_args=tfx.proto.EvalArgs(num_steps=config.trainer.eval_steps) if config.trainer.eval_steps else None,
-        custom_config=config.trainer_custom_config())
+        custom_config=_trainer_custom_config(config))
 
     # The model to beat: the latest one the Evaluator blessed (none on the first run: no comparison then).
     baseline_resolver = tfx.dsl.Resolver(

@@ -119,6 +119,25 @@ def test_factory_wires_every_component(tmp_path, shapes_data):
     assert {s["name"]: s["hash_buckets"] for s in output_config["split_config"]["splits"]} == {"train": 3, "eval": 1}
 
 
+def test_trainer_evaluates_only_when_asked(tmp_path, shapes_data):
+    """The Evaluator computes COCO AP on the eval split: by default the Trainer does not repeat it."""
+    from pipelines.config import PipelineConfig  # pylint: disable=g-import-not-at-top
+    from pipelines.pipeline import create_pipeline  # pylint: disable=g-import-not-at-top
+    from trainer import task  # pylint: disable=g-import-not-at-top
+
+    def trainer_of(**fields):
+        config = PipelineConfig.from_dict(dict({"pipeline_root": str(tmp_path), "data": {"root": shapes_data}},
+                                               **fields))
+        trainer = next(c for c in create_pipeline(config).components if c.id == "Trainer")
+        custom = json.loads(trainer.exec_properties["custom_config"])
+        eval_args = json.loads(trainer.exec_properties["eval_args"] or "{}")
+        return task.config_from_custom_config(custom).train.eval_steps, eval_args.get("num_steps")
+
+    assert trainer_of() == (0, None)
+    assert trainer_of(trainer={"eval_steps": -1}) == (-1, -1)  # the tiny preset's, and EvalArgs say the same
+    assert trainer_of(trainer={"overrides": {"train": {"eval_steps": 5}}}) == (5, None)
+
+
 def test_default_thresholds_let_a_first_run_be_blessed(tmp_path, shapes_data):
     """TFX's Evaluator validates (and so can bless) only when thresholds remain once the baseline's are dropped."""
     import tensorflow_model_analysis as tfma  # pylint: disable=g-import-not-at-top

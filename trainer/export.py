@@ -330,6 +330,17 @@ class MaskRCNNServingModule(detection.DetectionModule):
         return {key: detections[key] for key in ("detection_boxes", "detection_classes", "detection_scores",
                                                  "num_detections", "detection_masks")}
 
+    def create_variables(self) -> None:
+        """Runs the network once, eagerly, on one blank image at the model's input size.
+
+        Model Garden builds the heads' layers, and so creates their variables, at their first call; a
+        tf.function whose first trace creates variables is traced a second time, and tracing the network is
+        most of the export's time. After this call the signatures are traced once.
+        """
+        height, width = self._padded_size
+        self._run_model(tf.zeros([1, height, width, self._num_channels], tf.float32),
+                        tf.constant([[height, width]], tf.float32))
+
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=IMAGES_INPUT)])
     def serve_encoded_images(self, images: tf.Tensor) -> Dict[str, tf.Tensor]:
         return self.detect(images)
@@ -494,12 +505,16 @@ def export_serving_model(model: tf_keras.Model, config: Union[TrainerConfig, cfg
             module = MaskRCNNServingModule(params, None, label_map, label_map_file,
                                            tf_transform_output=tf_transform_output, precision=precision,
                                            jit_compile=jit_compile, max_image_pixels=max_image_pixels)
-            # Variables the inference graph creates while it is traced get their values as they appear.
+            # Variables created later (the heads', at their first call) get their values as they appear.
             restored = tf.train.Checkpoint(model=module.model).read(weights)
+            if precision == "float32":
+                # (bfloat16 keeps building its heads in the trace, where its float32 outputs were measured.)
+                module.create_variables()
             signatures = module.serving_signatures()
         # Every trained weight must have found its place in the inference copy.
         restored.assert_consumed()
-        tf.saved_model.save(module, serving_model_dir, signatures=signatures)
+        with _without_keras_layer_traces():
+            tf.saved_model.save(module, serving_model_dir, signatures=signatures)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     write_warmup_requests(serving_model_dir,
@@ -516,6 +531,25 @@ def _keras_policy(name: str) -> Iterator[None]:
         yield
     finally:
         tf_keras.mixed_precision.set_global_policy(previous)
+
+
+@contextlib.contextmanager
+def _without_keras_layer_traces() -> Iterator[None]:
+    """Saves Keras layers within the block without their own call traces.
+
+    ``tf.saved_model.save`` otherwise traces every Keras layer's call again for Keras' revival (Keras' own
+    ``save_traces``), which cost about half of the save and slowed every load of the model, while the served
+    signatures and functions never use those traces. Where tf_keras no longer has the option, traces are
+    saved as before (slower, same model).
+    """
+    try:
+        from tf_keras.src.saving.legacy.saved_model import utils as keras_saved_model_utils  # pylint: disable=g-import-not-at-top
+        scope = keras_saved_model_utils.keras_option_scope(
+            save_traces=False, in_tf_saved_model_scope=keras_saved_model_utils.in_tf_saved_model_scope())
+    except (ImportError, AttributeError, TypeError):
+        scope = contextlib.nullcontext()
+    with scope:
+        yield
 
 
 def _float32_policy():

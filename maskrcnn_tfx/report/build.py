@@ -113,17 +113,20 @@ def _evaluation_part(run: Run, runs: Sequence[Run], page_dir: str, problems: _Pr
                          if baseline_run is not None else None),
         "summary_rows": evaluation_lib.summary_rows(result),
         "per_class_rows": evaluation_lib.per_class_rows(result),
+        "absent_classes": evaluation_lib.absent_classes(result),
         "slice_metric_names": [m for m in ("mask_ap", "mask_ap50", "box_ap", "box_ap50") if result.has_metric(m)],
         "thresholds": result.thresholds, "validation_ok": result.validation_ok,
         "validation_messages": result.validation_messages,
         "per_class_chart": "", "pr_chart": "", "pr_missing": [],
     }
     context["slice_rows"] = evaluation_lib.slice_rows(result, context["slice_metric_names"])
-    if result.class_names:
+    context["classes_without_ground_truth"] = len(context["absent_classes"])
+    if context["per_class_rows"]:
         values = {k: {r["name"]: r[k]["value"] for r in context["per_class_rows"]} for k in evaluation_lib.KINDS}
         baseline = {k: {r["name"]: r[k]["baseline"] for r in context["per_class_rows"]} for k in evaluation_lib.KINDS}
+        shown = [r["name"] for r in context["per_class_rows"]]  # the table's classes, in its order
         if problems.attempt("the per-class AP chart", lambda: charts.per_class_ap(
-                result.class_names, values, baseline, os.path.join(page_dir, "per_class_ap.svg"))):
+                shown, values, baseline, os.path.join(page_dir, "per_class_ap.svg"))):
             context["per_class_chart"] = "per_class_ap.svg"
     curves = {k: result.pr_curves(k) for k in evaluation_lib.KINDS}
     found = {k: c for k, c in curves.items() if c is not None}
@@ -327,7 +330,8 @@ def build_run_page(config, run: Run, runs: Sequence[Run], output_dir: str, *,
     facts = {"format": REPORT_FORMAT, "run": context["run"], "metrics": run.summary.metrics,
              "baseline_metrics": run.summary.baseline_metrics, "problems": problems.items,
              "evaluation": ({k: evaluation[k] for k in ("uri", "baseline", "thresholds", "validation_ok",
-                                                        "summary_rows", "per_class_rows", "slice_rows",
+                                                        "summary_rows", "per_class_rows", "absent_classes",
+                                                        "classes_without_ground_truth", "slice_rows",
                                                         "per_class_chart", "pr_chart")}
                             if evaluation else None),
              "training": training, "gallery": gallery,

@@ -17,6 +17,10 @@ from pipelines import metrics as metrics_lib
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
 KIND_COLORS = {"mask_ap": "#0072B2", "box_ap": "#E69F00"}
 KIND_LABELS = {"mask_ap": "mask AP", "box_ap": "box AP"}
+# Above this many classes the instance counts are drawn one row per class (names on the side, not squeezed).
+MAX_COLUMN_CLASSES = 12
+# Per-class precision-recall curves drawn at most (the best ones): more would be an unreadable tangle.
+MAX_CLASS_CURVES = 8
 BLESSED_COLOR, NOT_BLESSED_COLOR, NEUTRAL_COLOR = "#009E73", "#D55E00", "#888888"
 
 
@@ -57,7 +61,9 @@ def per_class_ap(class_names: Sequence[str], values: Dict[str, Dict[str, Optiona
     kinds = [k for k in ("mask_ap", "box_ap") if any(_finite(v) for v in values.get(k, {}).values())]
     kinds = kinds or ["mask_ap"]
     count = max(len(class_names), 1)
-    figure = _figure(7.5, 1.2 + 0.42 * count * len(kinds))
+    # Bars get thinner with many classes (COCO's 80), so the chart stays a readable height.
+    row_height = 0.42 if count * len(kinds) <= 24 else 0.24
+    figure = _figure(7.5, 1.2 + row_height * count * len(kinds))
     ax = figure.subplots()
     height = 0.8 / len(kinds)
     positions = np.arange(count)[::-1]
@@ -98,13 +104,14 @@ def pr_curves(curves: Dict[str, np.ndarray], class_names: Sequence[str], path: s
                 ap = float(np.nanmean(array[row, 0]))
                 top.plot(recall, array[row, 0], style, color=KIND_COLORS[kind], label=f"IoU {iou} (AP {ap:.3f})")
         top.set_title(f"{KIND_LABELS[kind]}: mean over classes", fontsize=10)
-        for k, name in enumerate(class_names[:array.shape[1] - 1]):
-            curve = array[1, 1 + k]
-            if np.all(np.isnan(curve)):
-                continue
-            bottom.plot(recall, curve, color=PALETTE[k % len(PALETTE)],
-                        label=f"{name} (AP50 {float(np.nanmean(curve)):.3f})")
-        bottom.set_title(f"{KIND_LABELS[kind]}: per class at IoU .50", fontsize=10)
+        # Classes with ground truth (a curve), best AP50 first; with many classes only the best few are drawn.
+        drawn = [(float(np.nanmean(array[1, 1 + k])), name, k)
+                 for k, name in enumerate(class_names[:array.shape[1] - 1]) if not np.all(np.isnan(array[1, 1 + k]))]
+        drawn.sort(key=lambda item: (-item[0], item[1]))
+        for n, (ap50, name, k) in enumerate(drawn[:MAX_CLASS_CURVES]):
+            bottom.plot(recall, array[1, 1 + k], color=PALETTE[n % len(PALETTE)], label=f"{name} (AP50 {ap50:.3f})")
+        more = f" (the best {MAX_CLASS_CURVES} of {len(drawn)})" if len(drawn) > MAX_CLASS_CURVES else ""
+        bottom.set_title(f"{KIND_LABELS[kind]}: per class at IoU .50{more}", fontsize=10)
         for ax in (top, bottom):
             ax.set_xlim(0, 1)
             ax.set_ylim(0, 1.02)
@@ -177,6 +184,8 @@ def class_counts(counts_by_split: Dict[str, Dict[str, int]], path: str) -> str:
     """Instances per class in each split (grouped bars)."""
     names = sorted({n for counts in counts_by_split.values() for n in counts})
     splits = list(counts_by_split)
+    if len(names) > MAX_COLUMN_CLASSES:
+        return _class_counts_by_row(counts_by_split, names, splits, path)
     figure = _figure(max(5.0, 0.8 * len(names) + 2.0), 3.2)
     ax = figure.subplots()
     width = 0.8 / max(len(splits), 1)
@@ -189,5 +198,26 @@ def class_counts(counts_by_split: Dict[str, Dict[str, int]], path: str) -> str:
     ax.set_xticks(x, names, fontsize=8)
     ax.set_ylabel("instances")
     ax.legend(fontsize=8, frameon=False)
+    _style(ax)
+    return _save(figure, path)
+
+
+def _class_counts_by_row(counts_by_split: Dict[str, Dict[str, int]], names: List[str], splits: List[str],
+                         path: str) -> str:
+    """Many classes (COCO's 80): one row per class, the most frequent first, so every name stays readable."""
+    names = sorted(names, key=lambda n: (-sum(c.get(n, 0) for c in counts_by_split.values()), n))
+    figure = _figure(7.5, 1.2 + 0.14 * len(names) * max(len(splits), 1))
+    ax = figure.subplots()
+    height = 0.8 / max(len(splits), 1)
+    y = np.arange(len(names))[::-1]
+    for i, split in enumerate(splits):
+        values = [counts_by_split[split].get(n, 0) for n in names]
+        bars = ax.barh(y - (i - (len(splits) - 1) / 2) * height, values, height * 0.92,
+                       color=PALETTE[i % len(PALETTE)], label=split)
+        ax.bar_label(bars, fontsize=6, padding=2)
+    ax.set_yticks(y, names, fontsize=8)
+    ax.set_ylim(-0.6, len(names) - 0.4)
+    ax.set_xlabel("instances")
+    figure.legend(loc="outside upper center", ncol=len(splits), fontsize=8, frameon=False)
     _style(ax)
     return _save(figure, path)

@@ -253,8 +253,25 @@ def thresholds_of(eval_config, slices: List[SliceMetrics], candidate: str, basel
     return checks
 
 
-def class_names_of(slices: List[SliceMetrics], candidate: str) -> List[str]:
-    """The per-class metric suffixes (``mask_ap/<class>``), in the order TFMA stored them."""
+def configured_class_names(eval_config) -> List[str]:
+    """The class names of the COCO metrics' configs in the EvalConfig: the label map's order, which is also the
+    order of the precision-recall curves' class columns. Empty when no metric names its classes."""
+    for spec in (eval_config.metrics_specs if eval_config is not None else []):
+        for metric in spec.metrics:
+            if metric.class_name not in ("COCOMaskAP", "COCOBoxAP") or not metric.config:
+                continue
+            try:
+                names = json.loads(metric.config).get("class_names")
+            except ValueError:
+                continue
+            if names:
+                return [str(n) for n in names]
+    return []
+
+
+def class_names_of(slices: List[SliceMetrics], candidate: str, order: Sequence[str] = ()) -> List[str]:
+    """The per-class metric suffixes (``mask_ap/<class>``) found on the overall slice, in ``order`` (the label
+    map's) where it names them, the others after them in the order TFMA stored them."""
     overall = next((s for s in slices if s.is_overall), None)
     if overall is None:
         return []
@@ -264,7 +281,8 @@ def class_names_of(slices: List[SliceMetrics], candidate: str) -> List[str]:
             prefix = f"{kind}/"
             if metric.startswith(prefix) and metric[len(prefix):] not in names:
                 names.append(metric[len(prefix):])
-    return names
+    rank = {name: i for i, name in enumerate(order)}
+    return sorted(names, key=lambda name: rank.get(name, len(rank)))
 
 
 def load(eval_uri: str) -> Evaluation:
@@ -305,7 +323,8 @@ def load(eval_uri: str) -> Evaluation:
     thresholds = thresholds_of(eval_config, slices, candidate, baseline, validation) if eval_config else []
     return Evaluation(uri=eval_uri, slices=slices, candidate=candidate, baseline=baseline, thresholds=thresholds,
                       validation_ok=bool(validation.validation_ok) if validation is not None else None,
-                      validation_messages=messages, class_names=class_names_of(slices, candidate),
+                      validation_messages=messages,
+                      class_names=class_names_of(slices, candidate, configured_class_names(eval_config)),
                       signature=specs[0].signature_name if specs else "", problems=problems)
 
 
@@ -323,16 +342,47 @@ def summary_rows(evaluation: Evaluation) -> List[Dict[str, Any]]:
     return rows
 
 
+def _finite(value: Optional[float]) -> bool:
+    return value is not None and not (isinstance(value, float) and np.isnan(value))
+
+
+def has_ground_truth(evaluation: Evaluation, name: str) -> bool:
+    """Whether the eval split holds ground truth of class ``name``: COCO's AP is undefined (NaN) otherwise.
+
+    The mask AP decides when it is there (it is always COCO's); TFMA's own box metric gives such a class 0.
+    """
+    kinds = [k for k in KINDS if evaluation.value(f"{k}/{name}") is not None]
+    kinds = [MASK_AP] if MASK_AP in kinds else kinds
+    return any(_finite(evaluation.value(f"{kind}/{name}")) for kind in kinds)
+
+
 def per_class_rows(evaluation: Evaluation) -> List[Dict[str, Any]]:
+    """One row per class with ground truth in the eval split, best mask AP (else box AP) first, ties by name.
+
+    With many classes (COCO's 80) most have no ground truth in a small eval split; :func:`absent_classes` names
+    them instead.
+    """
     rows = []
     for name in evaluation.class_names:
+        if not has_ground_truth(evaluation, name):
+            continue
         row: Dict[str, Any] = {"name": name}
         for kind in KINDS:
             metric = f"{kind}/{name}"
             row[kind] = {"value": evaluation.value(metric), "baseline": evaluation.baseline_value(metric),
                          "change": evaluation.diff(metric)}
         rows.append(row)
-    return rows
+
+    def key(row: Dict[str, Any]):
+        value = row[MASK_AP]["value"] if _finite(row[MASK_AP]["value"]) else row[BOX_AP]["value"]
+        return (-(value if _finite(value) else -1.0), row["name"])
+
+    return sorted(rows, key=key)
+
+
+def absent_classes(evaluation: Evaluation) -> List[str]:
+    """The classes of the label map without ground truth in the eval split (no AP), in label-map order."""
+    return [name for name in evaluation.class_names if not has_ground_truth(evaluation, name)]
 
 
 def slice_rows(evaluation: Evaluation, metric_names: Sequence[str] = ("mask_ap", "mask_ap50", "box_ap",

@@ -46,6 +46,8 @@ class GalleryItem:
     shown: List[Detection]  # detections at or above the score threshold, at most MAX_DRAWN, best first
     num_detections: int  # all the model returned
     best_score: Optional[float]
+    # Small images (the shapes set) are enlarged for display and shown with crisp pixels; photos are shrunk.
+    enlarged: bool = False
 
 
 @dataclasses.dataclass
@@ -186,7 +188,8 @@ def build(model_path: str, examples: Sequence[ef.InstanceExample], label_map: La
                 f.write(body)
         items.append(GalleryItem(source_id=example.source_id, filename=example.filename, truth_image=truth_name,
                                  prediction_image=prediction_name, ground_truth=truth_labels, shown=shown,
-                                 num_detections=num, best_score=best))
+                                 num_detections=num, best_score=best,
+                                 enlarged=_display_scale(example.height, example.width) > 1))
     return Gallery(model_path=model_path, score_threshold=score_threshold, items=items)
 
 

@@ -37,13 +37,22 @@ def trend(value: Optional[float], digits: int = 3) -> str:
     return "up" if value > 0 else "down"
 
 
+def counted(labels) -> str:
+    """Names with their counts, in order of first appearance: ['person', 'dog', 'person'] -> 'person ×2, dog'
+    (a street photo's 14 people read as one entry)."""
+    counts: Dict[str, int] = {}
+    for label in labels:
+        counts[str(label)] = counts.get(str(label), 0) + 1
+    return ", ".join(name if n == 1 else f"{name} ×{n}" for name, n in counts.items())
+
+
 @functools.lru_cache(maxsize=1)
 def environment():
     import jinja2  # pylint: disable=g-import-not-at-top
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=False, lstrip_blocks=False)
-    env.filters.update(number=number, signed=signed, trend=trend)
+    env.filters.update(number=number, signed=signed, trend=trend, counted=counted)
     return env
 
 
