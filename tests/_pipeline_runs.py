@@ -3,8 +3,8 @@
 Each run costs minutes, so the session runs them once (the ``local_pipeline`` fixture, registered in
 tests/conftest.py) and tests read their outcome and the metadata store:
 
-1. ``first``: span 1, thresholds 0, through ``maskrcnn-tfx run --config FILE`` as a user runs it: every
-   component runs, the model is blessed and pushed to ``serving/<integer>/``;
+1. ``first``: span 1, thresholds 0, through ``maskrcnn-tfx run --config FILE`` as a user runs it (its stdout
+   and stderr are kept): every component runs, the model is blessed and pushed to ``serving/<integer>/``;
 2. ``strict``: the same data and trainer with a mask AP threshold of 1.0: the data, validation, Transform and
    Trainer executions are CACHED; the Evaluator runs again, does not bless, and nothing new is pushed;
 3. ``span2``: span 2 added, run by TFX's BeamDagRunner with Beam's DirectRunner in multi-processing mode (the
@@ -86,6 +86,7 @@ class Run:
     versions: List[str]
     stdout: str = ""
     exit_code: int = 0
+    stderr: str = ""  # what reached file descriptor 2 (C++ logging included) or sys.stderr during the run
 
 
 @dataclasses.dataclass
@@ -98,6 +99,25 @@ class LocalPipelineRuns:
     serving_dir: str
     data_root: str
     runs: Dict[str, Run]  # "first", "strict", "span2", in run order
+
+
+@contextlib.contextmanager
+def _stderr_to(path: str):
+    """Sends file descriptor 2 and sys.stderr to ``path`` (what a terminal would show of stderr); yields a
+    function reading it back."""
+    import sys  # pylint: disable=g-import-not-at-top
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "w+", encoding="utf-8") as f:
+        os.dup2(f.fileno(), 2)
+        try:
+            with contextlib.redirect_stderr(f):
+                yield lambda: open(path, encoding="utf-8").read()  # pylint: disable=consider-using-with
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def run_sequence(work: str) -> LocalPipelineRuns:
@@ -117,9 +137,10 @@ def run_sequence(work: str) -> LocalPipelineRuns:
     with open(config_file, "w", encoding="utf-8") as f:
         yaml.safe_dump(config.to_dict(), f)
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
+    with contextlib.redirect_stdout(out), _stderr_to(os.path.join(work, "first.stderr")) as stderr:
         code = cli.main(["run", "--config", config_file])
-    runs["first"] = Run("first", config, outputs.summarize_run(config), versions(serving_dir), out.getvalue(), code)
+    runs["first"] = Run("first", config, outputs.summarize_run(config), versions(serving_dir), out.getvalue(), code,
+                        stderr=stderr())
 
     # Same data and trainer, an unreachable mask AP: upstream is cached, the Evaluator runs and does not bless.
     strict = config.replace(evaluation={"min_mask_ap": 1.0}).validate()
