@@ -93,7 +93,7 @@ class _ComponentEvents(logging.Handler):
         self._by_thread: Dict[int, str] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.name != "absl" or not record.args:
+        if record.name != "absl" or not isinstance(record.args, tuple) or not record.args:
             return
         component_id = str(record.args[0])
         if record.msg in _STARTED:
@@ -130,6 +130,7 @@ class RunOutput:
         self._stream_arg = stream
         self._stream: TextIO = sys.stdout
         self._own_stream = False
+        self._entered = 0.0
         self._tty = False
         self._lock = threading.RLock()
         self._live = ""  # the text of the updating line on a terminal ("" when none is shown)
@@ -148,6 +149,7 @@ class RunOutput:
         self._stream = self._stream_arg or self._console_stream()
         self._own_stream = self._stream not in (self._stream_arg, sys.stdout)
         self._tty = not self.verbose and _isatty(self._stream)
+        self._entered = time.monotonic()
         root = logging.getLogger()
         self._saved.update(root_handlers=list(root.handlers), root_level=root.level,
                            capture=getattr(logging, "_warnings_showwarning", None) is not None)
@@ -333,7 +335,10 @@ class RunOutput:
 
     def _live_text(self) -> str:
         if not self._order:
-            return ""
+            if self.saw_components:
+                return ""
+            # Before the first component: importing TensorFlow and TFX and compiling the pipeline take a while.
+            return f"starting ({progress_lib.format_duration(time.monotonic() - self._entered)})"
         c = self._components[self._order[-1]]
         elapsed = progress_lib.format_duration(time.monotonic() - c.started)
         if c.progress is not None:

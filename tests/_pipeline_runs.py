@@ -8,9 +8,10 @@ tests/conftest.py) and tests read their outcome and the metadata store:
 2. ``strict``: the same data and trainer with a mask AP threshold of 1.0: the data, validation, Transform and
    Trainer executions are CACHED; the Evaluator runs again, does not bless, and nothing new is pushed;
 3. ``span2``: span 2 added, run by TFX's BeamDagRunner with Beam's DirectRunner in multi-processing mode (the
-   Beam runner's end-to-end run: a new span makes every component execute) on the same pipeline root and
-   metadata store: the pipeline trains on span 2 and the Evaluator compares the new model with the last blessed
-   one (the first run's) as its baseline; it is blessed and pushed as a second version.
+   Beam runner's end-to-end run, through ``maskrcnn-tfx run`` as well: a new span makes every component
+   execute) on the same pipeline root and metadata store: the pipeline trains on span 2 and the Evaluator
+   compares the new model with the last blessed one (the first run's) as its baseline; it is blessed and
+   pushed as a second version.
 
 Sharing one sequence saves a third training (the Trainer dominates every run). The returned
 :class:`LocalPipelineRuns` gives the configuration, the paths and the runs (in order).
@@ -125,7 +126,7 @@ def run_sequence(work: str) -> LocalPipelineRuns:
     import yaml  # pylint: disable=g-import-not-at-top
 
     from maskrcnn_tfx import cli  # pylint: disable=g-import-not-at-top
-    from pipelines import beam_runner, local_runner, outputs  # pylint: disable=g-import-not-at-top
+    from pipelines import local_runner, outputs  # pylint: disable=g-import-not-at-top
 
     data_root = os.path.join(work, "spans")
     make_span(data_root, 1, seed=SPAN_SEEDS[1])
@@ -150,9 +151,16 @@ def run_sequence(work: str) -> LocalPipelineRuns:
     # A new span, through the Beam runner with its default Beam options (DirectRunner, one process per core):
     # trained on span 2 and compared with the last blessed model (the first run's).
     make_span(data_root, 2, seed=SPAN_SEEDS[2])
+    # Through the command too: its output is checked on the Beam runner (whose workers are processes).
     on_beam = config.replace(runner="beam", beam_args=[]).validate()
-    beam_runner.run(on_beam)
-    runs["span2"] = Run("span2", on_beam, outputs.summarize_run(on_beam), versions(serving_dir))
+    beam_config_file = os.path.join(work, "pipeline-beam.yaml")
+    with open(beam_config_file, "w", encoding="utf-8") as f:
+        yaml.safe_dump(on_beam.to_dict(), f)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), _stderr_to(os.path.join(work, "span2.stderr")) as stderr:
+        code = cli.main(["run", "--config", beam_config_file])
+    runs["span2"] = Run("span2", on_beam, outputs.summarize_run(on_beam), versions(serving_dir), out.getvalue(),
+                        code, stderr=stderr())
     return LocalPipelineRuns(config=config, pipeline_root=config.pipeline_root,
                              metadata_path=config.resolved_metadata_path, serving_dir=serving_dir,
                              data_root=data_root, runs=runs)

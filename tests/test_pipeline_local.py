@@ -56,8 +56,10 @@ def test_first_run_blesses_and_pushes_an_integer_version(runs):
     assert "mask_ap" in first.stdout and "box_ap" in first.stdout and "blessed: yes" in first.stdout
 
 
-def test_the_command_prints_a_line_per_component_and_logs_the_rest(runs):
-    first = runs["first"]
+@pytest.mark.parametrize("name", ["first", "span2"])  # the local runner's run, the Beam runner's
+def test_the_command_prints_a_line_per_component_and_logs_the_rest(runs, name):
+    first = runs[name]
+    assert first.exit_code == 0, (first.stdout, first.stderr)
     printed = first.stdout
     executed = first.summary.executions
     for component_id in executed:
@@ -73,7 +75,7 @@ def test_the_command_prints_a_line_per_component_and_logs_the_rest(runs):
     assert os.path.dirname(log_path) == os.path.join(first.config.pipeline_root, "logs")
     with open(log_path, encoding="utf-8") as f:
         log = f.read()
-    assert "Component Trainer is running." in log and "Trainer: step 3/3" in log
+    assert re.search(r"(Component|node) Trainer is running\.", log) and "Trainer: step 3/3" in log
     assert "train | step" in log  # Orbit's own lines
     assert "property_predicate" not in log  # TFX's always-false warning is dropped
 
