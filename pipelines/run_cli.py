@@ -116,7 +116,8 @@ def _run(config: PipelineConfig, verbose: bool = False) -> int:
           flush=True)
     failure, failed_component, summary = None, None, None
     # TensorFlow is imported inside: its C++ start-up messages go to the log too.
-    with run_output.RunOutput([], log_path, verbose=verbose) as out:
+    previous = run_output.previous_durations(config.resolved_metadata_path, config.pipeline_name)
+    with run_output.RunOutput([], log_path, verbose=verbose, previous=previous) as out:
         try:
             from pipelines import outputs  # pylint: disable=g-import-not-at-top
             from pipelines.pipeline import create_pipeline  # pylint: disable=g-import-not-at-top

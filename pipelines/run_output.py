@@ -73,6 +73,36 @@ def log_path_for(pipeline_root: str, now: Optional[datetime.datetime] = None) ->
     return path
 
 
+def previous_durations(metadata_path: str, pipeline_name: str) -> Dict[str, float]:
+    """Seconds each component's latest completed execution took, from the metadata store (before a run: the
+    estimate of how long it will take again). Empty when the store is absent or unreadable."""
+    if "://" in metadata_path or not os.path.exists(metadata_path):
+        return {}
+    try:
+        from ml_metadata import metadata_store  # pylint: disable=g-import-not-at-top
+        from ml_metadata.proto import metadata_store_pb2  # pylint: disable=g-import-not-at-top
+
+        connection = metadata_store_pb2.ConnectionConfig()
+        connection.sqlite.filename_uri = metadata_path
+        connection.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+        store = metadata_store.MetadataStore(connection)
+        prefix = f"{pipeline_name}."
+        durations: Dict[str, float] = {}
+        for node in store.get_contexts_by_type("node"):
+            if not node.name.startswith(prefix):
+                continue
+            done = [e for e in store.get_executions_by_context(node.id)
+                    if e.last_known_state == metadata_store_pb2.Execution.COMPLETE]
+            if done:
+                latest = max(done, key=lambda e: e.id)
+                durations[node.name[len(prefix):]] = max(
+                    0.0, (latest.last_update_time_since_epoch - latest.create_time_since_epoch) / 1000.0)
+        return durations
+    except Exception:  # pylint: disable=broad-except
+        logging.getLogger(__name__).debug("no previous durations", exc_info=True)
+        return {}
+
+
 @dataclasses.dataclass
 class _Component:
     index: int
@@ -118,11 +148,14 @@ class RunOutput:
       log_path: the log file (its folder is created).
       verbose: log lines go to the terminal as well, and nothing is redirected.
       stream: where the component lines go (default: ``sys.stdout`` when the run starts).
+      previous: seconds each component took last time (:func:`previous_durations`), to say the time left.
     """
 
     def __init__(self, component_ids: Sequence[str], log_path: str, *, verbose: bool = False,
-                 stream: Optional[TextIO] = None):
+                 stream: Optional[TextIO] = None, previous: Optional[Dict[str, float]] = None):
         self.log_path = log_path
+        # Seconds each component took last time (see previous_durations): an estimate of the time left.
+        self.previous: Dict[str, float] = dict(previous or {})
         self.verbose = verbose
         self._components = {c: _Component(i + 1, c) for i, c in enumerate(component_ids)}
         self._width = len(str(len(self._components)))
@@ -167,8 +200,12 @@ class RunOutput:
         # TensorFlow's and absl's loggers may carry their own stderr handlers: the root's handlers decide.
         for name in ("tensorflow", "absl"):
             lg = logging.getLogger(name)
-            self._saved[f"logger:{name}"] = (list(lg.handlers), lg.propagate)
+            self._saved[f"logger:{name}"] = (list(lg.handlers), lg.propagate, lg.level)
             lg.handlers, lg.propagate = [], True
+        # The components are followed through absl's INFO records (see _ComponentEvents).
+        absl_logger = logging.getLogger("absl")
+        if absl_logger.level > logging.INFO:
+            absl_logger.setLevel(logging.INFO)
         logging.captureWarnings(True)
         drop_false_warnings()
         if not self.verbose:
@@ -194,7 +231,8 @@ class RunOutput:
         root.setLevel(self._saved["root_level"])  # type: ignore[arg-type]
         for name in ("tensorflow", "absl"):
             lg = logging.getLogger(name)
-            lg.handlers, lg.propagate = self._saved[f"logger:{name}"]  # type: ignore[misc]
+            lg.handlers, lg.propagate, level = self._saved[f"logger:{name}"]  # type: ignore[misc]
+            lg.setLevel(level)
         if not self._saved["capture"]:
             logging.captureWarnings(False)
         self._log.close()
@@ -312,7 +350,8 @@ class RunOutput:
                     c = self._components[component_id]
                     if now - c.said_running >= STILL_RUNNING_SECONDS:
                         c.said_running = now
-                        self._print(f"{self._prefix(c)} still running ({progress_lib.format_duration(now - c.started)})")
+                        self._print(f"{self._prefix(c)} still running "
+                                    f"({progress_lib.format_duration(now - c.started)}{self._estimate(c)})")
 
     # -- drawing -----------------------------------------------------------------------------------------
     def _prefix(self, c: _Component) -> str:
@@ -344,7 +383,17 @@ class RunOutput:
         if c.progress is not None:
             return f"{self._prefix(c)} {c.progress.describe()} ({elapsed})"
         others = f" (+{len(self._order) - 1} more)" if len(self._order) > 1 else ""
-        return f"{self._prefix(c)} running {elapsed}{others}"
+        return f"{self._prefix(c)} running {elapsed}{self._estimate(c)}{others}"
+
+    def _estimate(self, c: _Component) -> str:
+        """How long the component took last time, and what that leaves."""
+        before = self.previous.get(c.component_id)
+        if not before or before < 5:
+            return ""
+        left = before - (time.monotonic() - c.started)
+        took = progress_lib.format_duration(before)
+        return f", about {progress_lib.format_duration(left)} left (last time {took})" if left >= 1 else \
+            f" (last time {took})"
 
     def _show_live(self) -> None:
         text = self._live_text()

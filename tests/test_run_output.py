@@ -159,3 +159,20 @@ def test_the_progress_thread_stops_with_the_work():
     before = threading.active_count()
     _train(5, sleep=0.001)
     assert threading.active_count() == before
+
+
+def test_a_long_component_shows_how_long_it_runs_and_the_time_left_by_its_last_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(run_output, "_TICK_SECONDS", 0.01)
+    monkeypatch.setattr(run_output, "STILL_RUNNING_SECONDS", 0.05)
+    terminal, plain = _Terminal(), io.StringIO()
+    for stream in (terminal, plain):
+        with run_output.RunOutput(IDS, str(tmp_path / "run.log"), stream=stream, previous={"StatisticsGen": 100.0}):
+            absl_logging.info("Component %s is running.", "StatisticsGen")
+            time.sleep(0.2)
+            absl_logging.info("Component %s is finished.", "StatisticsGen")
+    assert re.search(r"StatisticsGen\s+running [\d.]+ s, about 1m 40s left \(last time 1m 40s\)", terminal.getvalue())
+    assert re.search(r"StatisticsGen\s+still running \([\d.]+ s, about 1m 40s left", plain.getvalue()), plain.getvalue()
+
+
+def test_previous_durations_without_a_store(tmp_path):
+    assert run_output.previous_durations(str(tmp_path / "missing.sqlite"), "p") == {}
