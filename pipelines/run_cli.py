@@ -11,9 +11,10 @@ Flags override the YAML file's values; the merged configuration is validated onc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 from pipelines.config import RUNNERS, PipelineConfig, PipelineConfigError
 
@@ -92,8 +93,14 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
 
 
 def main(args: argparse.Namespace) -> int:
+    from pipelines import run_output  # pylint: disable=g-import-not-at-top  (light: no TensorFlow)
+
+    verbose = bool(getattr(args, "verbose", False))
+    preamble: List[str] = []
     try:
-        config = config_from_args(args)
+        # Validating the trainer preset imports TensorFlow, whose C++ start-up messages go to the run's log.
+        with contextlib.nullcontext(preamble) if verbose else run_output.captured_output() as preamble:
+            config = config_from_args(args)
     except PipelineConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -104,10 +111,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"Kubeflow V2 pipeline JSON: {path} (image {config.kubeflow.image})")
         return 0
 
-    return _run(config, verbose=bool(getattr(args, "verbose", False)))
+    return _run(config, verbose=verbose, preamble="".join(preamble))
 
 
-def _run(config: PipelineConfig, verbose: bool = False) -> int:
+def _run(config: PipelineConfig, verbose: bool = False, preamble: str = "") -> int:
     """Runs the pipeline with a line per component on the terminal and the rest in the run's log file."""
     from pipelines import run_output  # pylint: disable=g-import-not-at-top  (light: no TensorFlow)
 
@@ -117,7 +124,7 @@ def _run(config: PipelineConfig, verbose: bool = False) -> int:
     failure, failed_component, summary = None, None, None
     # TensorFlow is imported inside: its C++ start-up messages go to the log too.
     previous = run_output.previous_durations(config.resolved_metadata_path, config.pipeline_name)
-    with run_output.RunOutput([], log_path, verbose=verbose, previous=previous) as out:
+    with run_output.RunOutput([], log_path, verbose=verbose, previous=previous, preamble=preamble) as out:
         try:
             from pipelines import outputs  # pylint: disable=g-import-not-at-top
             from pipelines.pipeline import create_pipeline  # pylint: disable=g-import-not-at-top

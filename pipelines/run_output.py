@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import io
@@ -25,7 +26,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Dict, List, Optional, Sequence, TextIO
+from typing import Dict, Iterator, List, Optional, Sequence, TextIO
 
 from maskrcnn_tfx import progress as progress_lib
 
@@ -103,6 +104,35 @@ def previous_durations(metadata_path: str, pipeline_name: str) -> Dict[str, floa
         return {}
 
 
+@contextlib.contextmanager
+def captured_output() -> Iterator[List[str]]:
+    """File descriptors 1 and 2 and sys.stdout/err into a temporary file while the context runs (importing
+    TensorFlow prints C++ messages, e.g. its CUDA plugins' registration); the list it yields holds what was
+    written once the context ends, for the run's log."""
+    text: List[str] = []
+    for s in (sys.stdout, sys.stderr):
+        s.flush()
+    with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as f:
+        saved_streams, saved_fds = (sys.stdout, sys.stderr), {}
+        for fd in (1, 2):
+            try:
+                saved_fds[fd] = os.dup(fd)
+                os.dup2(f.fileno(), fd)
+            except OSError:
+                pass
+        sys.stdout = sys.stderr = f  # type: ignore[assignment]
+        try:
+            yield text
+        finally:
+            f.flush()
+            for fd, saved in saved_fds.items():
+                os.dup2(saved, fd)
+                os.close(saved)
+            sys.stdout, sys.stderr = saved_streams
+            f.seek(0)
+            text.append(f.read())
+
+
 @dataclasses.dataclass
 class _Component:
     index: int
@@ -149,11 +179,13 @@ class RunOutput:
       verbose: log lines go to the terminal as well, and nothing is redirected.
       stream: where the component lines go (default: ``sys.stdout`` when the run starts).
       previous: seconds each component took last time (:func:`previous_durations`), to say the time left.
+      preamble: text for the top of the log (what :func:`captured_output` caught before the run).
     """
 
     def __init__(self, component_ids: Sequence[str], log_path: str, *, verbose: bool = False,
-                 stream: Optional[TextIO] = None, previous: Optional[Dict[str, float]] = None):
+                 stream: Optional[TextIO] = None, previous: Optional[Dict[str, float]] = None, preamble: str = ""):
         self.log_path = log_path
+        self._preamble = preamble  # what was printed before the run (see captured_output), first in the log
         # Seconds each component took last time (see previous_durations): an estimate of the time left.
         self.previous: Dict[str, float] = dict(previous or {})
         self.verbose = verbose
@@ -179,6 +211,8 @@ class RunOutput:
         for s in (sys.stdout, sys.stderr):
             s.flush()
         self._log = open(self.log_path, "a", buffering=1, encoding="utf-8")  # pylint: disable=consider-using-with
+        if self._preamble:
+            self._log.write(self._preamble if self._preamble.endswith("\n") else self._preamble + "\n")
         self._stream = self._stream_arg or self._console_stream()
         self._own_stream = self._stream not in (self._stream_arg, sys.stdout)
         self._tty = not self.verbose and _isatty(self._stream)

@@ -176,3 +176,11 @@ def test_a_long_component_shows_how_long_it_runs_and_the_time_left_by_its_last_r
 
 def test_previous_durations_without_a_store(tmp_path):
     assert run_output.previous_durations(str(tmp_path / "missing.sqlite"), "p") == {}
+
+
+def test_captured_output_keeps_what_imports_print(capfd):
+    with run_output.captured_output() as text:
+        os.write(2, b"Unable to register cuDNN factory\n")
+        print("printed")
+    assert "Unable to register cuDNN factory" in text[0] and "printed" in text[0]
+    assert capfd.readouterr() == ("", "")
