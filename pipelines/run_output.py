@@ -236,10 +236,12 @@ class RunOutput:
             lg = logging.getLogger(name)
             self._saved[f"logger:{name}"] = (list(lg.handlers), lg.propagate, lg.level)
             lg.handlers, lg.propagate = [], True
-        # The components are followed through absl's INFO records (see _ComponentEvents).
-        absl_logger = logging.getLogger("absl")
-        if absl_logger.level > logging.INFO:
-            absl_logger.setLevel(logging.INFO)
+        # The components are followed through absl's INFO records (see _ComponentEvents). absl's verbosity flag
+        # is what counts: TensorFlow's SavedModel writer sets the absl logger back to it after every save.
+        from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+
+        self._saved["absl_verbosity"] = absl_logging.get_verbosity()
+        absl_logging.set_verbosity(absl_logging.INFO)
         logging.captureWarnings(True)
         drop_false_warnings()
         if not self.verbose:
@@ -269,6 +271,9 @@ class RunOutput:
             lg.setLevel(level)
         if not self._saved["capture"]:
             logging.captureWarnings(False)
+        from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+
+        absl_logging.set_verbosity(self._saved["absl_verbosity"])
         self._log.close()
         self._stream.flush()
         if self._own_stream:

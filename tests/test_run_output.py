@@ -44,6 +44,8 @@ def test_a_line_per_component_and_every_detail_in_the_log(tmp_path):
     log_path = str(tmp_path / "logs" / "run.log")
     with run_output.RunOutput(IDS, log_path, stream=stream) as out:
         _node("ImportExampleGen", cached=True)
+        # What TensorFlow's SavedModel writer does after each save (absl's logger back to its verbosity flag).
+        absl_logging.set_verbosity(absl_logging.get_verbosity())
         _node("StatisticsGen", runner_message="node %s is running.")  # BeamDagRunner's words
         logging.getLogger("tensorflow").warning("a TensorFlow warning")
         absl_logging.warning("ArtifactQuery.property_predicate is not supported.")
