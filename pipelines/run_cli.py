@@ -144,15 +144,12 @@ def _run(config: PipelineConfig, verbose: bool = False, preamble: str = "") -> i
             summary = outputs.summarize_run(config)
         except Exception:  # pylint: disable=broad-except
             logging.getLogger(__name__).exception("Could not read the run's outcome from the metadata store")
-        saw_components = out.saw_components
+        shown = set(out.shown_components)
     if summary is not None:
-        lines = summary.lines()
-        if saw_components:
-            # The component lines were printed as the run went; the rest of the summary follows them.
-            lines = [line for line in lines if not (line.startswith("  ") and line.split()
-                                                    and line.split()[0] in summary.executions)]
-        print("\n".join(lines))
-    print(f"pipeline root: {config.pipeline_root}\nmetadata: {config.resolved_metadata_path}\nlog: {log_path}")
+        # The summary's rows of the components printed as the run went are left out; the rest follows them.
+        print("\n".join(line for line in summary.lines()
+                        if not (line.startswith("  ") and line.split() and line.split()[0] in shown)))
+    print(f"pipeline root: {config.pipeline_root} (metadata: {config.resolved_metadata_path})\nlog: {log_path}")
     if failure is not None:
         where = f" at {failed_component}" if failed_component else ""
         print(f"error: the pipeline stopped{where}: {failure}\n(the whole log: {log_path})", file=sys.stderr)

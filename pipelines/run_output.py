@@ -364,6 +364,11 @@ class RunOutput:
     def saw_components(self) -> bool:
         return any(c.state != "pending" for c in self._components.values())
 
+    @property
+    def shown_components(self) -> List[str]:
+        """The components whose final line (complete, cached, failed...) was printed."""
+        return [c.component_id for c in self._components.values() if c.ended]
+
     def _on_progress(self, progress: progress_lib.Progress) -> None:
         with self._lock:
             c = self._components.get(progress.task)
