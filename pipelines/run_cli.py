@@ -121,9 +121,10 @@ def _run(config: PipelineConfig, verbose: bool = False, preamble: str = "") -> i
     log_path = run_output.log_path_for(config.pipeline_root)
     print(f"Running pipeline {config.pipeline_name} ({config.runner} runner); the details go to {log_path}",
           flush=True)
-    failure, failed_component, summary = None, None, None
-    # TensorFlow is imported inside: its C++ start-up messages go to the log too.
+    failure: Any = None
+    failed_component, summary = None, None
     previous = run_output.previous_durations(config.resolved_metadata_path, config.pipeline_name)
+    # The runners (TFX, TensorFlow) are imported inside: their start-up messages go to the log too.
     with run_output.RunOutput([], log_path, verbose=verbose, previous=previous, preamble=preamble) as out:
         try:
             from pipelines import outputs  # pylint: disable=g-import-not-at-top
@@ -134,10 +135,10 @@ def _run(config: PipelineConfig, verbose: bool = False, preamble: str = "") -> i
                 from pipelines import local_runner as runner  # pylint: disable=g-import-not-at-top
             out.set_components([c.id for c in create_pipeline(config, validated=True).components])
             runner.run(config)
-        except Exception as e:  # pylint: disable=broad-except
+        except (Exception, KeyboardInterrupt) as e:  # pylint: disable=broad-except
             # The components' own errors (validation reports, thresholds) are the message a user needs.
-            failure = e
-            failed_component = out.fail_running(str(e))
+            failure = e if not isinstance(e, KeyboardInterrupt) else "interrupted (Ctrl-C)"
+            failed_component = out.fail_running(str(failure))
             logging.getLogger(__name__).exception("The pipeline stopped%s",
                                                   f" at {failed_component}" if failed_component else "")
         try:
