@@ -45,15 +45,27 @@ $(STAMP): setup.py $(CONSTRAINTS)
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/maskrcnn-tfx make-shapes --output $(OUT)/shapes --num-images $(DEMO_IMAGES) --image-size 128
+	@echo "== 1/3 The shapes data set: $(DEMO_IMAGES) images -> $(OUT)/shapes"
+	@# TensorFlow's CUDA plugin registration messages (C++, at import) mean nothing on a machine without a GPU.
+	@TF_CPP_MIN_LOG_LEVEL=3 $(VENV)/bin/maskrcnn-tfx make-shapes --output $(OUT)/shapes \
+		--num-images $(DEMO_IMAGES) --image-size 128
+	@echo "== 2/3 The pipeline: $(VENV)/bin/maskrcnn-tfx run --runner local --data $(OUT)/shapes/tfrecords ..."
 	@# The whole local pipeline (validation, Transform, tiny Mask R-CNN, Evaluator, Pusher): minutes on 2 cores.
-	@# It prints each component's state and time, the box and mask AP, the blessing and the pushed model.
+	@# It prints a line per component (the Trainer's step, speed, loss and time left as it trains), then the
+	@# box and mask AP, the blessing and the pushed model; the details go to $(OUT)/pipeline/logs/.
 	@# The default thresholds: blessed (and pushed) when mask and box AP are above 0.001.
-	$(VENV)/bin/maskrcnn-tfx run --runner local --data $(OUT)/shapes/tfrecords \
+	@$(VENV)/bin/maskrcnn-tfx run --runner local --data $(OUT)/shapes/tfrecords \
 		--pipeline-root $(OUT)/pipeline --serving-dir $(OUT)/serving \
 		--preset tiny --train-steps $(DEMO_STEPS)
-	@# The HTML report of the run (and the index of every run): it prints the page's path to open.
-	$(VENV)/bin/maskrcnn-tfx report --pipeline-root $(OUT)/pipeline --output $(OUT)/report
+	@echo "== 3/3 The HTML report"
+	@# Its warnings (TensorFlow's and TFMA's) go to report.log, shown only if it fails.
+	@mkdir -p $(OUT)/report
+	@TF_CPP_MIN_LOG_LEVEL=3 $(VENV)/bin/maskrcnn-tfx report --pipeline-root $(OUT)/pipeline --output $(OUT)/report \
+		2> $(OUT)/report/report.log || { cat $(OUT)/report/report.log; exit 1; }
+	@echo "Next:"
+	@echo "  $(VENV)/bin/maskrcnn-tfx serve --model-base-path $(OUT)/serving    # REST on 127.0.0.1:8501"
+	@echo "  $(VENV)/bin/maskrcnn-tfx predict $(OUT)/shapes/coco/images/000001.png --endpoint http://127.0.0.1:8501 \\"
+	@echo "      --overlay-dir $(OUT)/overlays                      # in another terminal, while it serves"
 
 test: $(STAMP)
 	MASKRCNN_TFX_COCO128="$(COCO128_DIR)" $(PY) -m pytest tests $(PYTEST_ARGS)

@@ -16,10 +16,12 @@ from tfx.orchestration.beam.beam_dag_runner import BeamDagRunner
 
 from pipelines.config import PipelineConfig
 from pipelines.pipeline import create_pipeline
+from pipelines.run_output import drop_false_warnings
 
 
 def run(config: PipelineConfig) -> None:
     """Validates ``config``, then runs the pipeline with BeamDagRunner; a failing component raises."""
+    drop_false_warnings()
     config = config.replace(runner="beam").validate()
     if "://" not in config.resolved_metadata_path:
         os.makedirs(os.path.dirname(config.resolved_metadata_path), exist_ok=True)

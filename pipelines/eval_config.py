@@ -283,15 +283,19 @@ def build_eval_config(label_map: LabelMap, *, signature_name: str = DEFAULT_SIGN
     mask_config = _with_threshold(coco_metric_config(label_map, "segm", max_detections=max_detections),
                                   _blessing_threshold(min_mask_ap, max_drop))
 
+    # The serving model is a tf.Module's SavedModel, not a Keras one: saying so spares TFMA loading each model as
+    # Keras first to find out (which costs a whole model load and warns "SavedModel saved prior to TF 2.5").
+    generic = tfma.constants.TF_GENERIC
     if stored_predictions:
         if with_baseline:
             raise ValueError("stored_predictions evaluates one set of predictions: no baseline")
         model_specs = [tfma.ModelSpec(prediction_keys={key: key for key in STORED_PREDICTION_KEYS})]
     elif with_baseline:
-        model_specs = [tfma.ModelSpec(name=tfma.CANDIDATE_KEY, signature_name=signature_name),
-                       tfma.ModelSpec(name=tfma.BASELINE_KEY, signature_name=signature_name, is_baseline=True)]
+        model_specs = [tfma.ModelSpec(name=tfma.CANDIDATE_KEY, signature_name=signature_name, model_type=generic),
+                       tfma.ModelSpec(name=tfma.BASELINE_KEY, signature_name=signature_name, is_baseline=True,
+                                      model_type=generic)]
     else:
-        model_specs = [tfma.ModelSpec(signature_name=signature_name)]
+        model_specs = [tfma.ModelSpec(signature_name=signature_name, model_type=generic)]
     return tfma.EvalConfig(
         model_specs=model_specs,
         metrics_specs=[tfma.MetricsSpec(metrics=[mask_config] + box_configs)],

@@ -12,10 +12,12 @@ from tfx import v1 as tfx
 
 from pipelines.config import PipelineConfig
 from pipelines.pipeline import create_pipeline
+from pipelines.run_output import drop_false_warnings
 
 
 def run(config: PipelineConfig) -> None:
     """Validates ``config``, then runs every component to completion; a failing component raises."""
+    drop_false_warnings()
     config = config.replace(runner="local").validate()
     # SQLite needs the metadata file's folder to exist.
     os.makedirs(os.path.dirname(config.resolved_metadata_path), exist_ok=True)

@@ -12,8 +12,10 @@ Flags override the YAML file's values; the merged configuration is validated onc
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 from pipelines.config import INIT_CHECKPOINT_MODULES, RUNNERS, PipelineConfig, PipelineConfigError
 
@@ -60,6 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", help="kubeflow: the container image of every component")
     parser.add_argument("--output-file", help="kubeflow: where to write the pipeline JSON")
     parser.add_argument("--no-cache", action="store_true", help="run every component even if cached")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TFX's, TensorFlow's and Beam's log lines as well (they always go to the run's "
+                             "log file, PIPELINE_ROOT/logs/run-<time>.log)")
 
 
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
@@ -102,8 +107,14 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
 
 
 def main(args: argparse.Namespace) -> int:
+    from pipelines import run_output  # pylint: disable=g-import-not-at-top  (light: no TensorFlow)
+
+    verbose = bool(getattr(args, "verbose", False))
+    preamble: List[str] = []
     try:
-        config = config_from_args(args)
+        # Validating the trainer preset imports TensorFlow, whose C++ start-up messages go to the run's log.
+        with contextlib.nullcontext(preamble) if verbose else run_output.captured_output() as preamble:
+            config = config_from_args(args)
     except PipelineConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -114,22 +125,48 @@ def main(args: argparse.Namespace) -> int:
         print(f"Kubeflow V2 pipeline JSON: {path} (image {config.kubeflow.image})")
         return 0
 
-    from pipelines import outputs  # pylint: disable=g-import-not-at-top
-    if config.runner == "beam":
-        from pipelines import beam_runner as runner  # pylint: disable=g-import-not-at-top
-    else:
-        from pipelines import local_runner as runner  # pylint: disable=g-import-not-at-top
-    failure = None
-    try:
-        runner.run(config)
-    except Exception as e:  # pylint: disable=broad-except
-        # The components' own errors (validation reports, thresholds) are the message a user needs.
-        failure = e
-    summary = outputs.summarize_run(config)
+    return _run(config, verbose=verbose, preamble="".join(preamble))
+
+
+def _run(config: PipelineConfig, verbose: bool = False, preamble: str = "") -> int:
+    """Runs the pipeline with a line per component on the terminal and the rest in the run's log file."""
+    from pipelines import run_output  # pylint: disable=g-import-not-at-top  (light: no TensorFlow)
+
+    log_path = run_output.log_path_for(config.pipeline_root)
+    print(f"Running pipeline {config.pipeline_name} ({config.runner} runner); the details go to {log_path}",
+          flush=True)
+    failure: Any = None
+    failed_component, summary = None, None
+    previous = run_output.previous_durations(config.resolved_metadata_path, config.pipeline_name)
+    # The runners (TFX, TensorFlow) are imported inside: their start-up messages go to the log too.
+    with run_output.RunOutput([], log_path, verbose=verbose, previous=previous, preamble=preamble) as out:
+        try:
+            from pipelines import outputs  # pylint: disable=g-import-not-at-top
+            from pipelines.pipeline import create_pipeline  # pylint: disable=g-import-not-at-top
+            if config.runner == "beam":
+                from pipelines import beam_runner as runner  # pylint: disable=g-import-not-at-top
+            else:
+                from pipelines import local_runner as runner  # pylint: disable=g-import-not-at-top
+            out.set_components([c.id for c in create_pipeline(config, validated=True).components])
+            runner.run(config)
+        except (Exception, KeyboardInterrupt) as e:  # pylint: disable=broad-except
+            # The components' own errors (validation reports, thresholds) are the message a user needs.
+            failure = e if not isinstance(e, KeyboardInterrupt) else "interrupted (Ctrl-C)"
+            failed_component = out.fail_running(str(failure))
+            logging.getLogger(__name__).exception("The pipeline stopped%s",
+                                                  f" at {failed_component}" if failed_component else "")
+        try:
+            summary = outputs.summarize_run(config)
+        except Exception:  # pylint: disable=broad-except
+            logging.getLogger(__name__).exception("Could not read the run's outcome from the metadata store")
+        shown = set(out.shown_components)
     if summary is not None:
-        print("\n".join(summary.lines()))
-    print(f"pipeline root: {config.pipeline_root}\nmetadata: {config.resolved_metadata_path}")
+        # The summary's rows of the components printed as the run went are left out; the rest follows them.
+        print("\n".join(line for line in summary.lines()
+                        if not (line.startswith("  ") and line.split() and line.split()[0] in shown)))
+    print(f"pipeline root: {config.pipeline_root} (metadata: {config.resolved_metadata_path})\nlog: {log_path}")
     if failure is not None:
-        print(f"error: the pipeline stopped: {failure}", file=sys.stderr)
+        where = f" at {failed_component}" if failed_component else ""
+        print(f"error: the pipeline stopped{where}: {failure}\n(the whole log: {log_path})", file=sys.stderr)
         return 1
     return 0

@@ -4,14 +4,16 @@ Each run costs minutes, so the session runs them once (the ``local_pipeline`` fi
 tests/conftest.py) and tests read their outcome and the metadata store:
 
 1. ``first``: span 1, AP bounds of -1 (any AP passes), through ``maskrcnn-tfx run --config FILE`` as a user runs
-   it: every component runs, the model is blessed and pushed to ``serving/<integer>/``;
+   it (its stdout and stderr are kept): every component runs, the model is blessed and pushed to
+   ``serving/<integer>/``;
 2. ``strict``: the same data and trainer with a mask AP bound of 1.0 (no AP is above it): the data, validation,
    Transform and Trainer executions are CACHED; the Evaluator runs again, does not bless, and nothing new is
    pushed;
 3. ``span2``: span 2 added, run by TFX's BeamDagRunner with Beam's DirectRunner in multi-processing mode (the
-   Beam runner's end-to-end run: a new span makes every component execute) on the same pipeline root and
-   metadata store: the pipeline trains on span 2 and the Evaluator compares the new model with the last blessed
-   one (the first run's) as its baseline; it is blessed and pushed as a second version.
+   Beam runner's end-to-end run, through ``maskrcnn-tfx run`` as well: a new span makes every component
+   execute) on the same pipeline root and metadata store: the pipeline trains on span 2 and the Evaluator
+   compares the new model with the last blessed one (the first run's) as its baseline; it is blessed and
+   pushed as a second version.
 
 Sharing one sequence saves a third training (the Trainer dominates every run). The returned
 :class:`LocalPipelineRuns` gives the configuration, the paths and the runs (in order).
@@ -87,6 +89,7 @@ class Run:
     versions: List[str]
     stdout: str = ""
     exit_code: int = 0
+    stderr: str = ""  # what reached file descriptor 2 (C++ logging included) or sys.stderr during the run
 
 
 @dataclasses.dataclass
@@ -101,12 +104,31 @@ class LocalPipelineRuns:
     runs: Dict[str, Run]  # "first", "strict", "span2", in run order
 
 
+@contextlib.contextmanager
+def _stderr_to(path: str):
+    """Sends file descriptor 2 and sys.stderr to ``path`` (what a terminal would show of stderr); yields a
+    function reading it back."""
+    import sys  # pylint: disable=g-import-not-at-top
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "w+", encoding="utf-8") as f:
+        os.dup2(f.fileno(), 2)
+        try:
+            with contextlib.redirect_stderr(f):
+                yield lambda: open(path, encoding="utf-8").read()  # pylint: disable=consider-using-with
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def run_sequence(work: str) -> LocalPipelineRuns:
     """Runs the sequence under ``work`` (see the module docstring)."""
     import yaml  # pylint: disable=g-import-not-at-top
 
     from maskrcnn_tfx import cli  # pylint: disable=g-import-not-at-top
-    from pipelines import beam_runner, local_runner, outputs  # pylint: disable=g-import-not-at-top
+    from pipelines import local_runner, outputs  # pylint: disable=g-import-not-at-top
 
     data_root = os.path.join(work, "spans")
     make_span(data_root, 1, seed=SPAN_SEEDS[1])
@@ -118,9 +140,10 @@ def run_sequence(work: str) -> LocalPipelineRuns:
     with open(config_file, "w", encoding="utf-8") as f:
         yaml.safe_dump(config.to_dict(), f)
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
+    with contextlib.redirect_stdout(out), _stderr_to(os.path.join(work, "first.stderr")) as stderr:
         code = cli.main(["run", "--config", config_file])
-    runs["first"] = Run("first", config, outputs.summarize_run(config), versions(serving_dir), out.getvalue(), code)
+    runs["first"] = Run("first", config, outputs.summarize_run(config), versions(serving_dir), out.getvalue(), code,
+                        stderr=stderr())
 
     # Same data and trainer, an unreachable mask AP: upstream is cached, the Evaluator runs and does not bless.
     strict = config.replace(evaluation={"min_mask_ap": 1.0}).validate()
@@ -130,9 +153,16 @@ def run_sequence(work: str) -> LocalPipelineRuns:
     # A new span, through the Beam runner with its default Beam options (DirectRunner, one process per core):
     # trained on span 2 and compared with the last blessed model (the first run's).
     make_span(data_root, 2, seed=SPAN_SEEDS[2])
+    # Through the command too: its output is checked on the Beam runner (whose workers are processes).
     on_beam = config.replace(runner="beam", beam_args=[]).validate()
-    beam_runner.run(on_beam)
-    runs["span2"] = Run("span2", on_beam, outputs.summarize_run(on_beam), versions(serving_dir))
+    beam_config_file = os.path.join(work, "pipeline-beam.yaml")
+    with open(beam_config_file, "w", encoding="utf-8") as f:
+        yaml.safe_dump(on_beam.to_dict(), f)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), _stderr_to(os.path.join(work, "span2.stderr")) as stderr:
+        code = cli.main(["run", "--config", beam_config_file])
+    runs["span2"] = Run("span2", on_beam, outputs.summarize_run(on_beam), versions(serving_dir), out.getvalue(),
+                        code, stderr=stderr())
     return LocalPipelineRuns(config=config, pipeline_root=config.pipeline_root,
                              metadata_path=config.resolved_metadata_path, serving_dir=serving_dir,
                              data_root=data_root, runs=runs)

@@ -2,17 +2,20 @@
 
 The session's sequence of runs on one pipeline root (tests/_pipeline_runs.py, the ``local_pipeline`` fixture):
 
-1. span 1, thresholds 0: every component runs, the model is blessed and pushed to ``serving/<integer>/``;
+1. span 1, thresholds 0: every component runs, the model is blessed and pushed to ``serving/<integer>/``; the
+   command prints a line per component and keeps TensorFlow's, absl's and Orbit's output in the run's log;
 2. the same data and trainer with a mask AP threshold of 1.0: the data, validation, Transform and Trainer
    executions are CACHED; the Evaluator runs again, does not bless, and nothing new is pushed;
 3. span 2 added: the pipeline runs on it and the Evaluator compares with the last blessed model (baseline).
 
 Separately: a bad record among good ones stops the run at validation, naming the record, and pushes nothing;
-a curated schema the data breaks stops it at the ExampleValidator's gate.
+a curated schema the data breaks stops ``maskrcnn-tfx run`` at the ExampleValidator's gate, which the command
+names with the run's log file.
 """
 import dataclasses
 import glob
 import os
+import re
 import shutil
 from typing import Dict
 
@@ -55,6 +58,30 @@ def test_first_run_blesses_and_pushes_an_integer_version(runs):
     for name in ("mask_ap", "box_ap"):
         assert f"{name} {summary.metrics[name]:.4f}: must be above -1: passed" in first.stdout
     assert "not applied (no baseline" in first.stdout
+
+
+@pytest.mark.parametrize("name", ["first", "span2"])  # the local runner's run, the Beam runner's
+def test_the_command_prints_a_line_per_component_and_logs_the_rest(runs, name):
+    first = runs[name]
+    assert first.exit_code == 0, (first.stdout, first.stderr)
+    printed = first.stdout
+    executed = first.summary.executions
+    for component_id in executed:
+        assert re.search(rf"^\[\s*\d+/{len(executed)}\] {component_id}\s+complete in ", printed, re.M), printed
+    assert re.search(r"^\[\s*\d+/\d+\] Trainer\s+complete in .*\(3 steps", printed, re.M), printed
+    # Nothing of TensorFlow, absl, Beam or Orbit on the terminal, on stdout or stderr (C++ logging included).
+    terminal = printed + first.stderr
+    for noise in ("WARNING", "absl", "tensorflow", "W0000", "I0000", "E external", "train | step", "'total_loss'",
+                  "Traceback"):
+        assert noise not in terminal, (noise, terminal)
+    # The last lines say where the log is; it holds the detail.
+    log_path = re.search(r"^log: (.+)$", printed, re.M).group(1)
+    assert os.path.dirname(log_path) == os.path.join(first.config.pipeline_root, "logs")
+    with open(log_path, encoding="utf-8") as f:
+        log = f.read()
+    assert re.search(r"(Component|node) Trainer is running\.", log) and "Trainer: step 3/3" in log
+    assert "train | step" in log  # Orbit's own lines
+    assert "property_predicate" not in log  # TFX's always-false warning is dropped
 
 
 def test_rerun_reuses_the_cache(runs):
@@ -163,13 +190,13 @@ def test_bad_record_stops_at_validation_and_is_named(tmp_path, small_data):
     _assert_stopped_before_training(config)
 
 
-def test_schema_anomaly_stops_at_the_gate(tmp_path, small_data):
+def test_schema_anomaly_stops_at_the_gate(tmp_path, small_data, capsys):
+    import yaml  # pylint: disable=g-import-not-at-top
     from tensorflow_metadata.proto.v0 import schema_pb2  # pylint: disable=g-import-not-at-top
     from google.protobuf import text_format  # pylint: disable=g-import-not-at-top
 
-    from components.anomalies_gate import SchemaAnomaliesError  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx import cli  # pylint: disable=g-import-not-at-top
     from maskrcnn_tfx import example_format as ef  # pylint: disable=g-import-not-at-top
-    from pipelines import local_runner  # pylint: disable=g-import-not-at-top
     from pipelines.config import PipelineConfig  # pylint: disable=g-import-not-at-top
     from trainer.preprocessing import raw_schema  # pylint: disable=g-import-not-at-top
 
@@ -184,6 +211,17 @@ def test_schema_anomaly_stops_at_the_gate(tmp_path, small_data):
     config = PipelineConfig.from_dict({"pipeline_root": str(tmp_path / "root"), "beam_args": BEAM_ARGS,
                                        "data": {"root": small_data, "schema_path": schema_path},
                                        "trainer": {"train_steps": 1}})
-    with pytest.raises(SchemaAnomaliesError, match=ef.FORMAT):
-        local_runner.run(config)
+    # Through the command, as a user runs it: the failing component and the log are named.
+    config_file = str(tmp_path / "pipeline.yaml")
+    with open(config_file, "w", encoding="utf-8") as f:
+        yaml.safe_dump(config.to_dict(), f)
+    assert cli.main(["run", "--config", config_file]) == 1
+    printed = capsys.readouterr()
+    assert re.search(r"^\[\s*\d+/\d+\] AnomaliesGate\s+FAILED after .*: ", printed.out, re.M), printed.out
+    log_path = re.search(r"^log: (.+)$", printed.out, re.M).group(1)
+    assert "error: the pipeline stopped at AnomaliesGate: " in printed.err and ef.FORMAT in printed.err
+    assert f"(the whole log: {log_path})" in printed.err
+    with open(log_path, encoding="utf-8") as f:
+        log = f.read()
+    assert "SchemaAnomaliesError" in log and "Traceback" in log  # the whole error is in the log
     _assert_stopped_before_training(config)

@@ -36,6 +36,7 @@ from official.core import train_lib
 from official.core import train_utils
 from official.modeling import performance
 
+from maskrcnn_tfx import progress
 from maskrcnn_tfx.label_map import LabelMap
 from trainer import config as config_lib
 from trainer import input as input_lib
@@ -232,7 +233,12 @@ def train(config: Union[config_lib.TrainerConfig, Mapping[str, Any], str], train
                 train_actions=[last_train], eval_actions=[last_eval])
             with strategy.scope():
                 _create_optimizer_weights(runner.trainer)
-            model, _ = runner.run()
+            # The console's progress line and a log line every N steps (global step read from a thread).
+            with progress.watch_steps(
+                    "Trainer", lambda: runner.trainer.global_step.numpy(), cfg.train.train_steps,
+                    loss=lambda: last_train.value.get("training_loss", last_train.value.get("total_loss")),
+                    after="evaluating and exporting" if has_eval else "exporting", enabled=chief):
+                model, _ = runner.run()
             global_step = int(runner.trainer.global_step.numpy())
     finally:
         if scratch_dir:
