@@ -5,6 +5,8 @@ Examples::
     maskrcnn-tfx run --data outputs/shapes/tfrecords --train-steps 200
     maskrcnn-tfx run --config pipeline.yaml --runner beam --beam-arg=--direct_num_workers=4
     maskrcnn-tfx run --config pipeline.yaml --runner kubeflow --image gcr.io/me/maskrcnn-tfx:0.1.0
+    maskrcnn-tfx run --config pipeline.yaml --runner kubeflow --kfp-host https://kf.example.com/pipeline \
+        --schedule "0 3 * * 1"            # or --vertex-project PROJECT (pipelines/submit.py)
 
 Flags override the YAML file's values; the merged configuration is validated once, before anything runs.
 """
@@ -14,6 +16,7 @@ import argparse
 import sys
 from typing import Any, Dict
 
+from pipelines import submit
 from pipelines.config import RUNNERS, PipelineConfig, PipelineConfigError
 
 
@@ -48,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", help="kubeflow: the container image of every component")
     parser.add_argument("--output-file", help="kubeflow: where to write the pipeline JSON")
     parser.add_argument("--no-cache", action="store_true", help="run every component even if cached")
+    submit.add_arguments(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
@@ -83,6 +87,8 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     put("infra_validation", "mode", args.infra_validation)
     put("kubeflow", "image", args.image)
     put("kubeflow", "output_file", args.output_file)
+    if submit.config_changes(args):
+        changes.setdefault("kubeflow", {}).update(submit.config_changes(args))
     config = config.replace(**changes)
     return config.validate(check_files=config.runner != "kubeflow")
 
@@ -98,6 +104,14 @@ def main(args: argparse.Namespace) -> int:
 
         path = kubeflow_runner.compile_pipeline(config)
         print(f"Kubeflow V2 pipeline JSON: {path} (image {config.kubeflow.image})")
+        if not submit.target(config):
+            return 0
+        try:
+            submission = submit.submit(config, path)
+        except submit.SubmissionError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print("\n".join(submission.lines()))
         return 0
 
     from pipelines import outputs  # pylint: disable=g-import-not-at-top
