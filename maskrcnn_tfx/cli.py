@@ -20,6 +20,8 @@ SUBCOMMANDS = {
                     "Generate the synthetic shapes data set (COCO JSON + images) and convert it to TFRecords."),
     "run": ("pipelines.run_cli",
             "Run the TFX pipeline (local or Beam) or compile it for Kubeflow; print the pushed model and metrics."),
+    "watch": ("pipelines.watch_cli",
+              "Run the local pipeline on each new {SPAN} of the data, one run at a time, with a report after each."),
     "report": ("maskrcnn_tfx.report.cli",
                "Build the HTML report of a pipeline run (metrics, blessing, curves, data, gallery) and the runs index."),
     "predict": ("serving.predict_cli",
