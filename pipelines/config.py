@@ -161,7 +161,7 @@ class KubeflowConfig:
     """KFP v2 / Vertex AI compilation, and submission to a Kubeflow Pipelines endpoint or Vertex AI."""
 
     image: str = DEFAULT_IMAGE
-    # Default: ./<pipeline_name>.json.
+    # Default: ./<pipeline_name>.json (<pipeline_root>/<pipeline_name>.json when the root is a mounted folder).
     output_file: str = ""
     # Folders every pod mounts at the same path (a PVC, an NFS share): local paths under them are accepted.
     mounted_paths: List[str] = dataclasses.field(default_factory=list)

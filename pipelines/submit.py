@@ -247,6 +247,7 @@ def submit_kubeflow(config: "PipelineConfig", pipeline_json: str) -> Submission:
     """A run or recurring run on the KFP endpoint ``kubeflow.kfp.host`` (KFP v2 API, ``kfp.Client``)."""
     import kfp  # pylint: disable=g-import-not-at-top
     import kfp_server_api  # pylint: disable=g-import-not-at-top
+    import urllib3  # pylint: disable=g-import-not-at-top
 
     k = config.kubeflow
     with open(pipeline_json, encoding="utf-8") as f:
@@ -285,7 +286,7 @@ def submit_kubeflow(config: "PipelineConfig", pipeline_json: str) -> Submission:
     except kfp_server_api.ApiException as e:
         raise SubmissionError(f"Kubeflow Pipelines at {k.kfp.host} refused the request: HTTP {e.status} "
                               f"{e.reason}: {(e.body or b'')[:500]!r}") from None
-    except (OSError, TimeoutError) as e:
+    except (OSError, TimeoutError, urllib3.exceptions.HTTPError) as e:
         raise SubmissionError(f"cannot reach Kubeflow Pipelines at {k.kfp.host}: {e}") from None
     ui = (k.kfp.ui_host or k.kfp.host).rstrip("/")
     return Submission(KUBEFLOW, kind, ident, f"{ui}/#/{page}/details/{ident}",
@@ -294,7 +295,9 @@ def submit_kubeflow(config: "PipelineConfig", pipeline_json: str) -> Submission:
 
 def submit_vertex(config: "PipelineConfig", pipeline_json: str) -> Submission:
     """A pipeline job or pipeline job schedule on Vertex AI (``google.cloud.aiplatform``, over REST)."""
+    import requests  # pylint: disable=g-import-not-at-top
     from google.api_core import exceptions as api_exceptions  # pylint: disable=g-import-not-at-top
+    from google.auth import exceptions as google_auth_exceptions  # pylint: disable=g-import-not-at-top
     from google.cloud import aiplatform  # pylint: disable=g-import-not-at-top
 
     k = config.kubeflow
@@ -328,6 +331,11 @@ def submit_vertex(config: "PipelineConfig", pipeline_json: str) -> Submission:
             kind, page = "run", "runs"
     except api_exceptions.GoogleAPICallError as e:
         raise SubmissionError(f"Vertex AI ({v.project}, {v.region}) refused the request: {e}") from None
+    except google_auth_exceptions.DefaultCredentialsError as e:
+        raise SubmissionError(f"no Google credentials for Vertex AI: {e} (run `gcloud auth application-default "
+                              f"login`, set GOOGLE_APPLICATION_CREDENTIALS, or give --vertex-token-file)") from None
+    except requests.exceptions.RequestException as e:
+        raise SubmissionError(f"cannot reach Vertex AI ({v.api_endpoint or v.region}): {e}") from None
     ident = resource.rsplit("/", 1)[-1]
     url = _VERTEX_CONSOLE.format(region=v.region, kind=page, id=ident, project=v.project)
     return Submission(VERTEX, kind, ident, url, name=resource)

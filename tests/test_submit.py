@@ -301,6 +301,21 @@ def test_kfp_refusal_is_reported(tmp_path, data, capsys):
     err = capsys.readouterr().err
     assert "refused the request: HTTP 403" in err and "not allowed to create runs" in err
 
+    # Nothing listening: a clear error naming the endpoint.
+    with _serving(kfp_route) as server:
+        closed = server.url
+    assert cli.main(_kfp_argv(data, str(tmp_path / "p.json"), "--kfp-host", closed)) == 1
+    assert f"cannot reach Kubeflow Pipelines at {closed}" in capsys.readouterr().err
+
+
+def test_vertex_unreachable_is_reported(tmp_path, data, compiled, vertex_state):
+    from pipelines import submit  # pylint: disable=g-import-not-at-top
+
+    with _serving(vertex_route) as server:
+        config = _vertex_config(server, tmp_path, data)
+    with pytest.raises(submit.SubmissionError, match="cannot reach Vertex AI"):
+        submit.submit(config, compiled)
+
 
 # ---------------------------------------------------------------------------------------------------------
 # Local paths are refused for a cluster
