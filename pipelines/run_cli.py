@@ -23,7 +23,8 @@ from pipelines.config import RUNNERS, PipelineConfig, PipelineConfigError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="a pipeline configuration YAML file (see pipelines/config.py)")
     parser.add_argument("--runner", choices=RUNNERS, help="local (default): run here; beam: BeamDagRunner; "
-                                                        "kubeflow: compile a KFP v2 / Vertex AI pipeline JSON")
+                                                        "kubeflow: compile a KFP v2 / Vertex AI pipeline JSON "
+                                                        "(and submit it with --kfp-host or --vertex-project)")
     parser.add_argument("--data", help="the converted data: TFRecords in train/ and eval/ and label_map.json")
     parser.add_argument("--train-pattern", help="train split files, relative to --data (may hold {SPAN})")
     parser.add_argument("--eval-pattern", help="eval split files, relative to --data (may hold {SPAN})")
