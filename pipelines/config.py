@@ -17,6 +17,10 @@ any component runs. A YAML file mirrors the dataclasses::
       train_steps: 200
     evaluation: {min_mask_ap: 0.1, min_box_ap: 0.1, max_ap_drop: 0.0}
     runner: local
+    kubeflow:                              # --runner kubeflow: compile, and submit (pipelines/submit.py)
+      image: gcr.io/me/maskrcnn-tfx:0.1.0
+      schedule: {cron: "0 3 * * 1", max_concurrency: 1}
+      kfp: {host: https://kubeflow.example.com/pipeline, experiment: weekly, token_file: /var/run/kfp/token}
 
 Relative paths are resolved against the current directory when the configuration is validated, because TFX
 components may run in another working directory.
