@@ -222,7 +222,7 @@ class Watcher:
         """Runs the pipeline (a child ``maskrcnn-tfx run``), records it and builds its report; the exit code."""
         record = SpanRun(span=span, started=_now())
         self.log(f"span {span}: running the pipeline ({self.config_file})")
-        code = self._child_process([sys.executable, "-m", "maskrcnn_tfx", "run", "--config", self.config_file])
+        code, _ = self._child_process([sys.executable, "-m", "maskrcnn_tfx", "run", "--config", self.config_file])
         record.finished = _now()
         record.exit_code = code
         state = self.read_state()
@@ -240,8 +240,12 @@ class Watcher:
                   "--output", self.report_dir]
         if self.gallery_size is not None:
             report += ["--gallery-size", str(self.gallery_size)]
-        if self._child_process(report) == 0:
-            record.report = os.path.join(self.report_dir, "index.html")
+        report_code, printed = self._child_process(report, capture=True)
+        sys.stdout.write(printed)
+        if report_code == 0:
+            # `maskrcnn-tfx report` prints "run ID: PAGE" for the run's page, then "report: INDEX".
+            pages = [line.split(": ", 1)[1] for line in printed.splitlines() if line.startswith("run ")]
+            record.report = pages[-1] if pages else os.path.join(self.report_dir, "index.html")
         else:
             self.log(f"span {span}: the report could not be built (see above)")
         state["last_span"] = span
@@ -254,15 +258,20 @@ class Watcher:
                      f"report {record.report or 'none'}")
         return code
 
-    def _child_process(self, argv: List[str]) -> int:
+    def _child_process(self, argv: List[str], *, capture: bool = False) -> Tuple[int, str]:
+        """Runs ``argv`` to its end (stopped early by :meth:`stop`); its exit code and, with ``capture``, its
+        standard output (small: the report's page paths)."""
         if self._stop.is_set():
-            return -signal.SIGTERM
+            return -signal.SIGTERM, ""
+        sys.stdout.flush()
         # Its own session: a Ctrl-C in the terminal reaches the watcher alone, which then stops the child.
-        child = subprocess.Popen(argv, start_new_session=True)  # pylint: disable=consider-using-with
+        child = subprocess.Popen(argv, start_new_session=True, text=True,  # pylint: disable=consider-using-with
+                                 stdout=subprocess.PIPE if capture else None)
         deadline = None
         while True:
             try:
-                return child.wait(timeout=1.0)
+                out, _ = child.communicate(timeout=1.0)
+                return child.returncode, out or ""
             except subprocess.TimeoutExpired:
                 if not self._stop.is_set():
                     continue

@@ -42,9 +42,10 @@ def _write_config(work: str, data_root: str) -> str:
         "beam_args": BEAM_ARGS,
         "data": {"root": data_root, "train_pattern": "span-{SPAN}/train/*", "eval_pattern": "span-{SPAN}/eval/*",
                  "label_map_path": os.path.join(data_root, "span-1", "label_map.json")},
-        "trainer": {"preset": "tiny", "train_steps": 2, "eval_steps": 1,
+        # No evaluation inside the Trainer: the Evaluator's is the one this test is about.
+        "trainer": {"preset": "tiny", "train_steps": 2,
                     "overrides": {"model": {"input_size": IMAGE_SIZE},
-                                  "train": {"batch_size": 2, "eval_batch_size": 2}}},
+                                  "train": {"batch_size": 2, "eval_batch_size": 2, "eval_steps": 0}}},
         # Explicit thresholds: any defined AP blesses, and a 2-step model may score below the last one.
         "evaluation": {"min_mask_ap": 0.0, "min_box_ap": 0.0, "max_ap_drop": 1.0, "box_metric": "pycocotools"},
     }
@@ -114,6 +115,7 @@ def _env() -> dict:
 
 @pytest.mark.slow
 def test_watcher_runs_each_new_span_survives_bad_data_and_stops_on_sigterm(tmp_path):
+    from maskrcnn_tfx.report.runs import slug  # pylint: disable=g-import-not-at-top
     from pipelines import outputs  # pylint: disable=g-import-not-at-top
     from pipelines.config import PipelineConfig  # pylint: disable=g-import-not-at-top
 
@@ -161,7 +163,7 @@ def test_watcher_runs_each_new_span_survives_bad_data_and_stops_on_sigterm(tmp_p
     assert "box_outside_image" in log  # the run's own message names the problem
 
     config = PipelineConfig.from_yaml(config_file).validate()
-    runs = outputs.pipeline_runs(config)
+    runs = [outputs.summarize(r) for r in outputs.pipeline_runs(config)]
     assert len(runs) == 3
     first, bad, third = runs
     spans = [r.executions["ImportExampleGen"].outputs["examples"][0].custom_properties.get("span") for r in runs]
@@ -176,10 +178,12 @@ def test_watcher_runs_each_new_span_survives_bad_data_and_stops_on_sigterm(tmp_p
     assert third.blessed and third.pushed
     assert len(versions(config.resolved_serving_dir)) == 2
 
-    # A report after each run: the index and one page per run, the failed one included.
+    # A report after each run: the index and one page per run, the failed one included, named in the state.
     assert os.path.isfile(os.path.join(report_dir, "index.html"))
-    for run in runs:
-        assert os.path.isfile(os.path.join(report_dir, "runs", run.run_id, "index.html")), run.run_id
+    pages = [os.path.join(report_dir, "runs", slug(run.run_id), "index.html") for run in runs]
+    assert [r["report"] for r in state["runs"]] == pages
+    for page in pages:
+        assert os.path.isfile(page), page
 
 
 def test_watch_refuses_a_configuration_without_spans(tmp_path, capsys):
