@@ -265,13 +265,17 @@ def test_kfp_one_off_run_every_interval_and_cookies(tmp_path, data, capsys):
     output = tmp_path / "pipeline.json"
     with _serving(kfp_route) as server:
         assert cli.main(_kfp_argv(data, str(output), "--kfp-host", server.url, "--kfp-cookies-file", str(cookies),
-                                  "--kfp-ui-host", "https://kubeflow.example.com/pipeline")) == 0
+                                  "--kfp-ui-host", "https://kubeflow.example.com/pipeline",
+                                  "--kfp-namespace", "team-vision")) == 0
+        lookup = next(r for r in server.requests if r["path"] == "/apis/v2beta1/experiments")
+        assert lookup["query"]["namespace"] == ["team-vision"]  # a multi-user Kubeflow's profile
         run = next(r for r in server.requests if r["path"] == "/apis/v2beta1/runs")
         assert run["body"]["pipeline_spec"] == _compiled_spec(str(output))
         assert run["body"]["experiment_id"] == "exp-0001"
         experiment = next(r for r in server.requests if r["path"] == "/apis/v2beta1/experiments"
                           and r["method"] == "POST")
         assert experiment["body"]["display_name"] == "maskrcnn-weekly"  # default: the pipeline's name
+        assert experiment["body"]["namespace"] == "team-vision"
         assert all(r["headers"].get("cookie") == COOKIE and "authorization" not in r["headers"]
                    for r in server.requests)
         out = capsys.readouterr().out
