@@ -71,6 +71,9 @@ class Watcher:
         self.max_runs = max_runs
         self.log = log
         self._stop = threading.Event()
+        # The run and report commands (the same program as this one).
+        self.run_command = [sys.executable, "-m", "maskrcnn_tfx", "run", "--config", self.config_file]
+        self.report_command = [sys.executable, "-m", "maskrcnn_tfx", "report"]
         config = self.load_config()  # a broken configuration stops the watcher before it starts
         self.state_dir = os.path.dirname(config.resolved_metadata_path)
         self.report_dir = os.path.abspath(report_dir) if report_dir else os.path.join(self.state_dir, "report")
@@ -222,7 +225,7 @@ class Watcher:
         """Runs the pipeline (a child ``maskrcnn-tfx run``), records it and builds its report; the exit code."""
         record = SpanRun(span=span, started=_now())
         self.log(f"span {span}: running the pipeline ({self.config_file})")
-        code, _ = self._child_process([sys.executable, "-m", "maskrcnn_tfx", "run", "--config", self.config_file])
+        code, _ = self._child_process(self.run_command)
         record.finished = _now()
         record.exit_code = code
         state = self.read_state()
@@ -235,7 +238,7 @@ class Watcher:
             self.log(f"span {span}: run interrupted; it runs again at the next start")
             return code
         record.status = "complete" if code == 0 else "failed"
-        report = [sys.executable, "-m", "maskrcnn_tfx", "report", "--pipeline-root", config.pipeline_root,
+        report = self.report_command + ["--pipeline-root", config.pipeline_root,
                   "--metadata-path", config.resolved_metadata_path, "--pipeline-name", config.pipeline_name,
                   "--output", self.report_dir]
         if self.gallery_size is not None:

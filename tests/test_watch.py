@@ -240,3 +240,48 @@ def test_once_runs_nothing_without_a_complete_new_span(tmp_path, capsys):
     assert settling.watch(once=True) == 0 and started == [1]
     assert "still changing" in messages[-1]
     assert watcher.watch(once=True) == 0 and started == [1, 2]
+
+
+def test_stop_during_a_run_interrupts_it_and_keeps_the_span(tmp_path):
+    """SIGTERM's handler (Watcher.stop) during a run: the run is stopped, recorded as interrupted, and its span
+    is still to be handled at the next start; the watcher returns 0. A run that fails is recorded and the
+    watcher carries on."""
+    import threading  # pylint: disable=g-import-not-at-top
+
+    from pipelines import watcher as watcher_lib  # pylint: disable=g-import-not-at-top
+
+    data_root = tmp_path / "spans"
+    for split in ("train", "eval"):
+        (data_root / "span-1" / split).mkdir(parents=True)
+        (data_root / "span-1" / split / "a.tfrecord").write_bytes(b"x")
+    config_file = tmp_path / "pipeline.yaml"
+    config_file.write_text(f"data: {{root: {data_root}, train_pattern: 'span-{{SPAN}}/train/*', "
+                           f"eval_pattern: 'span-{{SPAN}}/eval/*', label_map_path: {tmp_path / 'lm.json'}}}\n"
+                           f"pipeline_root: {tmp_path / 'root'}\n")
+    started = tmp_path / "started"
+    watcher = watcher_lib.Watcher(str(config_file), poll_seconds=0.2, settle_seconds=0, log=lambda m: None)
+    watcher.run_command = [sys.executable, "-c",
+                           f"import time; open({str(started)!r}, 'w').close(); time.sleep(600)"]
+    watcher.report_command = [sys.executable, "-c", "raise SystemExit(3)"]
+
+    def stop_once_started():
+        while not started.exists():
+            time.sleep(0.05)
+        watcher.stop()
+
+    stopper = threading.Thread(target=stop_once_started, daemon=True)
+    stopper.start()
+    assert watcher.watch() == 0
+    state = watcher.read_state()
+    assert state["last_span"] is None
+    assert [(r["span"], r["status"]) for r in state["runs"]] == [(1, "interrupted")]
+
+    # The next start runs span 1 again; a failing run is recorded (without a report: the report failed too).
+    again = watcher_lib.Watcher(str(config_file), poll_seconds=0.2, settle_seconds=0, max_runs=1,
+                                log=lambda m: None)
+    again.run_command = [sys.executable, "-c", "raise SystemExit(1)"]
+    again.report_command = [sys.executable, "-c", "raise SystemExit(3)"]
+    assert again.watch() == 1
+    state = again.read_state()
+    assert state["last_span"] == 1
+    assert [(r["span"], r["status"], r["exit_code"], r["report"]) for r in state["runs"]][-1] == (1, "failed", 1, "")
