@@ -19,7 +19,7 @@ SUBCOMMANDS = {
     "make-shapes": ("maskrcnn_tfx.data.shapes_cli",
                     "Generate the synthetic shapes data set (COCO JSON + images) and convert it to TFRecords."),
     "run": ("pipelines.run_cli",
-            "Run the TFX pipeline (local or Beam) or compile it for Kubeflow; print the pushed model and metrics."),
+            "Run the TFX pipeline (local or Beam), or compile it for Kubeflow and submit it to KFP or Vertex AI."),
     "watch": ("pipelines.watch_cli",
               "Run the local pipeline on each new {SPAN} of the data, one run at a time, with a report after each."),
     "report": ("maskrcnn_tfx.report.cli",
