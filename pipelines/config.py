@@ -17,6 +17,10 @@ any component runs. A YAML file mirrors the dataclasses::
       train_steps: 200
     evaluation: {min_mask_ap: 0.1, min_box_ap: 0.1, max_ap_drop: 0.0}   # bless: AP above 0.1, no worse
     runner: local
+    kubeflow:                              # --runner kubeflow: compile, and submit (pipelines/submit.py)
+      image: gcr.io/me/maskrcnn-tfx:0.1.0
+      schedule: {cron: "0 3 * * 1", max_concurrency: 1}
+      kfp: {host: https://kubeflow.example.com/pipeline, experiment: weekly, token_file: /var/run/kfp/token}
 
 Relative paths are resolved against the current directory when the configuration is validated, because TFX
 components may run in another working directory.
@@ -129,12 +133,65 @@ class InfraValidationConfig:
 
 
 @dataclasses.dataclass
+class ScheduleConfig:
+    """A recurring run on Kubeflow Pipelines or Vertex AI (see pipelines/submit.py); empty: a one-off run."""
+
+    # Cron: 5 fields, minute first (Kubeflow also takes its own 6-field form, seconds first) ...
+    cron: str = ""
+    # ... or an interval (Kubeflow only): 30m, 6h, 1d, 1w or seconds.
+    every: str = ""
+    start_time: str = ""  # RFC 3339, e.g. 2026-01-05T03:00:00Z; default: now
+    end_time: str = ""
+    max_concurrency: int = 1  # runs of the schedule that may run at once
+
+
+@dataclasses.dataclass
+class KfpEndpointConfig:
+    """A Kubeflow Pipelines endpoint and its credentials (``kfp.Client``'s options)."""
+
+    host: str = ""  # e.g. https://kubeflow.example.com/pipeline; empty: compile only
+    ui_host: str = ""  # where the printed links point (default: host)
+    namespace: str = ""  # multi-user deployments: the profile namespace
+    experiment: str = ""  # default: the pipeline name
+    service_account: str = ""  # the Kubernetes service account the run uses
+    # Credentials: a bearer token read from a file (e.g. a projected service account token), a cookie
+    # header read from a file (Dex / oauth2-proxy sessions), or an IAP OAuth client id (Google auth).
+    token_file: str = ""
+    cookies_file: str = ""
+    client_id: str = ""
+    ssl_ca_cert: str = ""
+    verify_ssl: bool = True
+
+
+@dataclasses.dataclass
+class VertexConfig:
+    """Vertex AI Pipelines (``google.cloud.aiplatform``)."""
+
+    project: str = ""  # empty: compile only
+    region: str = "us-central1"
+    service_account: str = ""  # the service account the run's components act as
+    network: str = ""  # projects/NUMBER/global/networks/NAME to peer with
+    # Credentials: Application Default Credentials unless an OAuth access token file is given
+    # (e.g. `gcloud auth print-access-token > token`).
+    token_file: str = ""
+    labels: Dict[str, str] = dataclasses.field(default_factory=dict)
+    # Default: REGION-aiplatform.googleapis.com; e.g. a Private Service Connect endpoint.
+    api_endpoint: str = ""
+
+
+@dataclasses.dataclass
 class KubeflowConfig:
-    """KFP v2 / Vertex AI compilation."""
+    """KFP v2 / Vertex AI compilation, and submission to a Kubeflow Pipelines endpoint or Vertex AI."""
 
     image: str = DEFAULT_IMAGE
-    # Default: <pipeline_root>/<pipeline_name>.json when pipeline_root is local, else ./<pipeline_name>.json.
+    # Default: ./<pipeline_name>.json (<pipeline_root>/<pipeline_name>.json when the root is a mounted folder).
     output_file: str = ""
+    # Folders every pod mounts at the same path (a PVC, an NFS share): local paths under them are accepted.
+    mounted_paths: List[str] = dataclasses.field(default_factory=list)
+    run_name: str = ""  # default: <pipeline_name>-<UTC time>
+    schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
+    kfp: KfpEndpointConfig = dataclasses.field(default_factory=KfpEndpointConfig)
+    vertex: VertexConfig = dataclasses.field(default_factory=VertexConfig)
 
 
 @dataclasses.dataclass
@@ -319,6 +376,10 @@ class PipelineConfig:
         need(bool(iv.serving_tags), "infra_validation.serving_tags must name at least one image tag")
         need(iv.num_examples >= 1, f"infra_validation.num_examples must be >= 1, not {iv.num_examples}")
         need(bool(c.kubeflow.image), "kubeflow.image is required")
+        if c.runner == "kubeflow":
+            # Kept in pipelines/submit.py: what a cluster's pods can read, and the submission options.
+            from pipelines import submit  # pylint: disable=g-import-not-at-top
+            problems.extend(submit.config_problems(c))
         if problems:
             raise PipelineConfigError("invalid pipeline configuration:\n  " + "\n  ".join(problems))
         return c

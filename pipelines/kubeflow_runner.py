@@ -1,9 +1,10 @@
 """Compiles the pipeline for Kubeflow Pipelines v2 / Vertex AI Pipelines (a pipeline JSON; nothing runs here).
 
 Every component runs in ``config.kubeflow.image`` (built from this repository's Dockerfile), which must hold
-this project so that the custom components, ``trainer.*`` and ``pipelines.metrics`` import. Submit the JSON
-with the KFP client or ``google.cloud.aiplatform.PipelineJob(template_path=...)``. Paths in the configuration
-(data, pipeline root, serving dir) must be readable by the cluster, e.g. ``gs://`` URIs.
+this project so that the custom components, ``trainer.*`` and ``pipelines.metrics`` import.
+``pipelines/submit.py`` submits the JSON to a Kubeflow Pipelines endpoint or to Vertex AI. Paths in the
+configuration (data, pipeline root, serving dir, trainer files) must be readable by the cluster: the
+configuration's validation refuses paths on this machine's disk (see ``submit.config_problems``).
 """
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from pipelines.pipeline import create_pipeline
 
 
 def output_file(config: PipelineConfig) -> str:
-    """Where the pipeline JSON goes: ``kubeflow.output_file``, else ``<pipeline_name>.json`` under the local
-    pipeline root (or the current directory when the root is remote)."""
+    """Where the pipeline JSON goes: ``kubeflow.output_file``, else ``<pipeline_name>.json`` under the pipeline
+    root when it is a mounted local folder, or the current directory when the root is remote."""
     if config.kubeflow.output_file:
         return os.path.abspath(config.kubeflow.output_file)
     folder = config.pipeline_root if "://" not in config.pipeline_root else os.getcwd()

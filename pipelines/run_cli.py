@@ -6,6 +6,8 @@ Examples::
     maskrcnn-tfx run --config pipeline.yaml --runner beam --beam-arg=--direct_num_workers=4
     maskrcnn-tfx run --config pipeline.yaml --runner kubeflow --image gcr.io/me/maskrcnn-tfx:0.1.0
     maskrcnn-tfx run --data my/tfrecords --preset finetune --init-checkpoint pretrained/ckpt-800
+    maskrcnn-tfx run --config pipeline.yaml --runner kubeflow --kfp-host https://kf.example.com/pipeline \
+        --schedule "0 3 * * 1"            # or --vertex-project PROJECT (pipelines/submit.py)
 
 Flags override the YAML file's values; the merged configuration is validated once, before anything runs.
 """
@@ -17,13 +19,15 @@ import logging
 import sys
 from typing import Any, Dict, List
 
+from pipelines import submit
 from pipelines.config import INIT_CHECKPOINT_MODULES, RUNNERS, PipelineConfig, PipelineConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="a pipeline configuration YAML file (see pipelines/config.py)")
     parser.add_argument("--runner", choices=RUNNERS, help="local (default): run here; beam: BeamDagRunner; "
-                                                        "kubeflow: compile a KFP v2 / Vertex AI pipeline JSON")
+                                                        "kubeflow: compile a KFP v2 / Vertex AI pipeline JSON "
+                                                        "(and submit it with --kfp-host or --vertex-project)")
     parser.add_argument("--data", help="the converted data: TFRecords in train/ and eval/ and label_map.json")
     parser.add_argument("--train-pattern", help="train split files, relative to --data (may hold {SPAN})")
     parser.add_argument("--eval-pattern", help="eval split files, relative to --data (may hold {SPAN})")
@@ -65,6 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true",
                         help="show TFX's, TensorFlow's and Beam's log lines as well (they always go to the run's "
                              "log file, PIPELINE_ROOT/logs/run-<time>.log)")
+    submit.add_arguments(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
@@ -102,6 +107,8 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     put("infra_validation", "mode", args.infra_validation)
     put("kubeflow", "image", args.image)
     put("kubeflow", "output_file", args.output_file)
+    if submit.config_changes(args):
+        changes.setdefault("kubeflow", {}).update(submit.config_changes(args))
     config = config.replace(**changes)
     return config.validate(check_files=config.runner != "kubeflow")
 
@@ -123,6 +130,14 @@ def main(args: argparse.Namespace) -> int:
 
         path = kubeflow_runner.compile_pipeline(config)
         print(f"Kubeflow V2 pipeline JSON: {path} (image {config.kubeflow.image})")
+        if not submit.target(config):
+            return 0
+        try:
+            submission = submit.submit(config, path)
+        except submit.SubmissionError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print("\n".join(submission.lines()))
         return 0
 
     return _run(config, verbose=verbose, preamble="".join(preamble))

@@ -222,7 +222,9 @@ def test_kubeflow_compile_names_components_image_and_parameters(tmp_path, shapes
 
     output = tmp_path / "kfp" / "pipeline.json"
     image = "gcr.io/example/maskrcnn-tfx:0.1.0"
-    code = cli.main(["run", "--runner", "kubeflow", "--data", shapes_data, "--pipeline-root", "gs://bucket/root",
+    # The data on a volume every pod mounts (a local path is refused otherwise: tests/test_submit.py).
+    code = cli.main(["run", "--runner", "kubeflow", "--data", shapes_data, "--mounted-path",
+                     os.path.dirname(shapes_data), "--pipeline-root", "gs://bucket/root",
                      "--serving-dir", "gs://bucket/serving", "--image", image, "--output-file", str(output),
                      "--train-steps", "1234", "--min-mask-ap", "0.375"])
     assert code == 0
