@@ -78,7 +78,10 @@ class RunSummary:
                               if k in self.baseline_metrics)
             out.append(f"baseline (latest blessed model): {shown}")
         if self.blessed is not None:
-            out.append(f"blessed: {'yes' if self.blessed else 'no'}")
+            failed = sum(reason.endswith(": failed") for reason in self.blessing_reasons)
+            why = f" ({failed} threshold{'s' if failed != 1 else ''} failed)" if failed else (
+                " (every threshold passed)" if self.blessed and self.blessing_reasons else "")
+            out.append(f"blessed: {'yes' if self.blessed else 'no'}{why}")
             out.extend(f"  {reason}" for reason in self.blessing_reasons)
         if self.pushed:
             out.append(f"pushed model: {self.pushed_model_path} (version {self.pushed_version})")
