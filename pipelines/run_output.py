@@ -111,7 +111,8 @@ def captured_output() -> Iterator[List[str]]:
     written once the context ends, for the run's log."""
     text: List[str] = []
     for s in (sys.stdout, sys.stderr):
-        s.flush()
+        if s is not None:  # None: a caller or pythonw dropped the stream
+            s.flush()
     with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as f:
         saved_streams, saved_fds = (sys.stdout, sys.stderr), {}
         for fd in (1, 2):
@@ -209,7 +210,8 @@ class RunOutput:
     def __enter__(self) -> "RunOutput":
         os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
         for s in (sys.stdout, sys.stderr):
-            s.flush()
+            if s is not None:
+                s.flush()
         self._log = open(self.log_path, "a", buffering=1, encoding="utf-8")  # pylint: disable=consider-using-with
         if self._preamble:
             self._log.write(self._preamble if self._preamble.endswith("\n") else self._preamble + "\n")
