@@ -56,7 +56,7 @@ def coco128_run(coco128_dir, tmp_path_factory):
         "evaluation": {"box_metric": "pycocotools", "min_mask_ap": 0.0, "min_box_ap": 0.0},
     }).validate()
     local_runner.run(config)
-    run = outputs.latest_run(config)
+    run = outputs.summarize_run(config)  # with the blessing, the pushed version and the metrics
     assert run is not None
     return config, run, data
 
@@ -131,7 +131,8 @@ def report_page(coco128_run, tmp_path_factory):
         code = cli.main(["report", "--pipeline-root", config.pipeline_root, "--output", output,
                          "--gallery-size", str(GALLERY_SIZE), "--score-threshold", "0.05"])
     assert code == 0, out.getvalue()
-    page = out.getvalue().strip().splitlines()[-1]
+    # "run <id>: <its page>" (then the index's line)
+    (page,) = [line.split(": ", 1)[1] for line in out.getvalue().splitlines() if line.startswith("run ")]
     assert os.path.isfile(page), out.getvalue()
     with open(os.path.join(os.path.dirname(page), "report.json"), encoding="utf-8") as f:
         return page, json.load(f)
