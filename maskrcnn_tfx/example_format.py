@@ -1,6 +1,6 @@
 """The example format: TF Model Garden's detection tf.Example, owned here.
 
-Contract 1 of the architecture: every part of the product reads and writes examples through this module; no
+Contract 1 of docs/architecture.md: every part of the product reads and writes examples through this module; no
 other module spells a feature key. The keys are the ones Model Garden's ``TfExampleDecoder`` parses
 (``official/vision/dataloaders/tf_example_decoder.py``), so its Mask R-CNN input parser reads our records as
 they are.

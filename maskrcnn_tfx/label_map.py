@@ -1,4 +1,4 @@
-"""The label map: one file format, one reader (contract 2 of the architecture).
+"""The label map: one file format, one reader (contract 2 of docs/architecture.md).
 
 A label map is a JSON file::
 

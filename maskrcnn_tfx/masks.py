@@ -1,4 +1,4 @@
-"""Instance masks from the model's outputs to full-image masks and COCO RLE (contract 4 of the architecture).
+"""Instance masks from the model's outputs to full-image masks and COCO RLE (contract 4 of docs/architecture.md).
 
 The served model (like Model Garden's Mask R-CNN) returns one small mask per detection, ``[N, M, M]``
 probabilities relative to the detection's box. Everything that needs masks on the image itself, the client,

@@ -1,4 +1,4 @@
-"""The served signature's names (contract 4 of the architecture), without TensorFlow.
+"""The served signature's names (contract 4 of docs/architecture.md), without TensorFlow.
 
 The exporter (``trainer/export.py``) builds the SavedModel with these names; the client, the local server and
 the ``predict`` command speak to it with them. Keeping them here lets a client import them without loading

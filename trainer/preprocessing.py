@@ -1,6 +1,6 @@
 """The Transform step's preprocessing and the pixel renormalization shared by training and serving.
 
-Design (agreed in the architecture): Model Garden's input Parser and its serving ``DetectionModule`` normalize
+Design: Model Garden's input Parser and its serving ``DetectionModule`` normalize
 images with fixed ImageNet constants (``preprocess_ops.MEAN_RGB`` / ``STDDEV_RGB``). We keep that code as it
 is and apply :func:`renormalize_image` after it, which undoes the ImageNet normalization and applies the data
 set's own per-channel statistics. Those statistics are computed once, by tf.Transform full-pass analyzers over

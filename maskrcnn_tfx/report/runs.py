@@ -1,6 +1,6 @@
 """Which runs a pipeline has and where each run's artifacts are, from the pipeline's metadata store (MLMD).
 
-Architecture contract 6: the evaluation, the blessing and every other artifact are found through MLMD
+Contract 6 of docs/architecture.md: the evaluation, the blessing and every other artifact are found through MLMD
 (``pipelines.outputs`` reads it), never by guessing paths. The one exception is a failed AnnotationValidator:
 TFX records no output artifact for a failed execution, and the component keeps its reports beside the
 artifact directory TFX had made for it (TFX's own output layout, ``<pipeline root>/<node>/<key>/<execution
