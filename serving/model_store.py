@@ -1,12 +1,12 @@
 """The versions of one model the local server serves, found under its base path as TF Serving finds them.
 
-A version is an integer folder ``BASE/<version>/`` holding ``saved_model.pb`` (the Pusher writes that file
-last, contract 5 of docs/architecture.md). The store polls the base path: a version is *ready* once its
-``saved_model.pb`` exists and its files have not changed since the previous poll (or are older than ``settle_seconds``), so a folder that
-is still being copied is never loaded. The version policy picks which ready versions to serve (the highest
-one by default). A new version is loaded completely (and its warm-up requests replayed) before requests
-see it; one that fails to load is logged, reported by the status API, and skipped until its files change,
-while the versions already loaded keep serving.
+A version is an integer folder ``BASE/<version>/`` holding ``saved_model.pb`` (the Pusher writes that file last,
+contract 5 of docs/architecture.md). The store polls the base path: a version is *ready* once its
+``saved_model.pb`` exists and its files have not changed since the previous poll (or are older than
+``settle_seconds``), so a folder that is still being copied is never loaded. The version policy picks which
+ready versions to serve (the highest one by default). A new version is loaded completely (and its warm-up
+requests replayed) before requests see it; one that fails to load is logged, reported by the status API, and
+skipped until its files change, while the versions already loaded keep serving.
 
 Errors carry TF Serving's status codes and wording (:class:`ServingError`).
 """
