@@ -232,6 +232,12 @@ def summarize(summary: RunSummary) -> RunSummary:
             summary.baseline_metrics = by_model.get("baseline", {})
             if summary.blessed is not None:
                 summary.blessing_reasons = blessing_reasons(summary.eval_uri, summary.blessed)
+                if not evaluator.inputs.get("baseline_model") and not any(
+                        " vs baseline " in reason for reason in summary.blessing_reasons):
+                    # TFX drops the change thresholds from a run without a baseline: say so rather than nothing.
+                    summary.blessing_reasons.append(
+                        "comparison with the last blessed model: not applied (no baseline: no model had been "
+                        "blessed before this run)")
     pusher = summary.executions.get("Pusher")
     if pusher is not None:
         pushed = pusher.outputs.get("pushed_model", [])
