@@ -136,14 +136,18 @@ def run_sequence(work: str) -> LocalPipelineRuns:
     serving_dir = config.resolved_serving_dir
     runs: Dict[str, Run] = {}
 
-    config_file = os.path.join(work, "pipeline.yaml")
-    with open(config_file, "w", encoding="utf-8") as f:
-        yaml.safe_dump(config.to_dict(), f)
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), _stderr_to(os.path.join(work, "first.stderr")) as stderr:
-        code = cli.main(["run", "--config", config_file])
-    runs["first"] = Run("first", config, outputs.summarize_run(config), versions(serving_dir), out.getvalue(), code,
-                        stderr=stderr())
+    def run_command(name: str, run_config, config_name: str) -> Run:
+        """``maskrcnn-tfx run --config FILE`` as a user runs it, keeping what it prints."""
+        config_file = os.path.join(work, config_name)
+        with open(config_file, "w", encoding="utf-8") as f:
+            yaml.safe_dump(run_config.to_dict(), f)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), _stderr_to(os.path.join(work, f"{name}.stderr")) as stderr:
+            code = cli.main(["run", "--config", config_file])
+        return Run(name, run_config, outputs.summarize_run(run_config), versions(serving_dir), out.getvalue(), code,
+                   stderr=stderr())
+
+    runs["first"] = run_command("first", config, "pipeline.yaml")
 
     # Same data and trainer, an unreachable mask AP: upstream is cached, the Evaluator runs and does not bless.
     strict = config.replace(evaluation={"min_mask_ap": 1.0}).validate()
@@ -155,14 +159,7 @@ def run_sequence(work: str) -> LocalPipelineRuns:
     make_span(data_root, 2, seed=SPAN_SEEDS[2])
     # Through the command too: its output is checked on the Beam runner (whose workers are processes).
     on_beam = config.replace(runner="beam", beam_args=[]).validate()
-    beam_config_file = os.path.join(work, "pipeline-beam.yaml")
-    with open(beam_config_file, "w", encoding="utf-8") as f:
-        yaml.safe_dump(on_beam.to_dict(), f)
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), _stderr_to(os.path.join(work, "span2.stderr")) as stderr:
-        code = cli.main(["run", "--config", beam_config_file])
-    runs["span2"] = Run("span2", on_beam, outputs.summarize_run(on_beam), versions(serving_dir), out.getvalue(),
-                        code, stderr=stderr())
+    runs["span2"] = run_command("span2", on_beam, "pipeline-beam.yaml")
     return LocalPipelineRuns(config=config, pipeline_root=config.pipeline_root,
                              metadata_path=config.resolved_metadata_path, serving_dir=serving_dir,
                              data_root=data_root, runs=runs)
