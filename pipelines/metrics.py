@@ -19,8 +19,10 @@ full-image masks with :mod:`maskrcnn_tfx.masks` (the product's one paste), and r
 (``COCOeval.computeIoU`` and ``COCOeval.evaluateImg`` on that image alone, given the inputs ``COCOeval.evaluate``
 would prepare, without building COCO indexes per image). Only the matching's outcome goes to the combiner: per
 class and area range, the detections' scores, matched and ignored flags, and the ground truth's ignored flags;
-no masks, packed into seven flat arrays (:class:`ImageEval`), since Beam pickles it at every stage boundary and
-accumulator merge. The ``CombineFn`` concatenates these over the images of a slice and ``extract_output`` runs
+no masks, packed into seven flat arrays (:class:`ImageEval`) and handed to Beam as one bytes value
+(:meth:`ImageEval.to_bytes`), which Beam's coder copies as it is at every stage boundary and accumulator merge
+(an object of arrays it would pickle array by array). The ``CombineFn`` keeps these bytes over the images of a
+slice and ``extract_output`` decodes them and runs
 COCO's accumulation over them (:func:`accumulate_precision`: ``COCOeval.accumulate``'s arithmetic, vectorized,
 at the reported maxDets), with the images in ascending ``image/source_id`` order as COCO orders them (which
 decides ties between equal scores). COCO's per-image matching depends on nothing but the image, so the result
@@ -42,6 +44,7 @@ import copy
 import dataclasses
 import io
 import logging
+import struct
 import threading
 import warnings
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
@@ -305,6 +308,42 @@ class ImageEval:
                    dt_scores=cat("dtScores", np.float64), dt_matched=cat("dtMatches", bool, num_ious),
                    dt_ignore=cat("dtIgnore", bool, num_ious), gt_ignore=cat("gtIgnore", bool))
 
+    # to_bytes() header: entries, detections, ground-truth objects, IoU thresholds, then the byte lengths of
+    # the sort key's id and hash texts.
+    _HEADER = struct.Struct("<6q")
+
+    def to_bytes(self) -> bytes:
+        """One flat bytes value: what the preprocessor hands Beam. Beam's coder writes bytes as they are, where an
+        object of numpy arrays is pickled array by array at every stage boundary it crosses."""
+        source_id, key_hash = (str(part).encode() for part in self.sort_key)
+        num_ious = self.dt_matched.shape[0]
+        header = self._HEADER.pack(len(self.keys), len(self.dt_scores), len(self.gt_ignore), num_ious,
+                                   len(source_id), len(key_hash))
+        arrays = (self.keys.astype("<i4"), self.num_dt.astype("<i4"), self.num_gt.astype("<i4"),
+                  self.dt_scores.astype("<f8"), self.dt_matched.astype(np.uint8), self.dt_ignore.astype(np.uint8),
+                  self.gt_ignore.astype(np.uint8))
+        return b"".join([header, source_id, key_hash] + [np.ascontiguousarray(a).tobytes() for a in arrays])
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "ImageEval":
+        """The inverse of :meth:`to_bytes` (arrays are read-only views of ``data``)."""
+        entries, num_dt, num_gt, num_ious, id_len, hash_len = cls._HEADER.unpack_from(data, 0)
+        offset = cls._HEADER.size
+        source_id = int(data[offset:offset + id_len].decode())
+        key_hash = data[offset + id_len:offset + id_len + hash_len].decode()
+        offset += id_len + hash_len
+        arrays = []
+        for dtype, shape in (("<i4", (entries, 2)), ("<i4", (entries,)), ("<i4", (entries,)), ("<f8", (num_dt,)),
+                             (np.uint8, (num_ious, num_dt)), (np.uint8, (num_ious, num_dt)), (np.uint8, (num_gt,))):
+            count = int(np.prod(shape))
+            arrays.append(np.frombuffer(data, dtype, count, offset).reshape(shape))
+            offset += arrays[-1].nbytes
+        if offset != len(data):
+            raise ValueError(f"an ImageEval of {len(data)} bytes whose header describes {offset}")
+        keys, n_dt, n_gt, scores, matched, ignore, gt_ignore = arrays
+        return cls(sort_key=(source_id, key_hash), keys=keys, num_dt=n_dt, num_gt=n_gt, dt_scores=scores,
+                   dt_matched=matched.view(bool), dt_ignore=ignore.view(bool), gt_ignore=gt_ignore.view(bool))
+
     @property
     def results(self) -> Dict[Tuple[int, int], ImageClassEval]:
         found: Dict[Tuple[int, int], ImageClassEval] = {}
@@ -554,12 +593,17 @@ class _CocoImageEvalPreprocessor(metric_types.Preprocessor):
         detections = detections_from_outputs(extracts.get_predictions(self._model_name), ground_truth.height,
                                              ground_truth.width, need_masks=need_masks,
                                              source_id=ground_truth.source_id)
+        # As bytes (ImageEval.to_bytes): this crosses Beam's stage boundaries, once per slice of the image.
         yield evaluate_image(ground_truth, detections, self._iou_type, self._class_ids, self._max_detections,
-                             self._mask_threshold)
+                             self._mask_threshold).to_bytes()
 
 
 class _CocoAccumulateCombiner(beam.CombineFn):
-    """Gathers the per-image matchings of a slice; COCO's accumulation and summary at the end."""
+    """Gathers the per-image matchings of a slice; COCO's accumulation and summary at the end.
+
+    Its inputs and accumulator are :meth:`ImageEval.to_bytes` values (a list of bytes is what Beam encodes
+    fastest); they become arrays again only in ``extract_output``.
+    """
 
     def __init__(self, keys: List[metric_types.MetricKey], iou_type: str, class_ids: Sequence[int],
                  max_detections: int):
@@ -568,22 +612,23 @@ class _CocoAccumulateCombiner(beam.CombineFn):
         self._class_ids = [int(c) for c in class_ids]
         self._max_detections = max_detections
 
-    def create_accumulator(self) -> List[ImageEval]:
+    def create_accumulator(self) -> List[bytes]:
         return []
 
-    def add_input(self, accumulator: List[ImageEval], element: ImageEval) -> List[ImageEval]:
+    def add_input(self, accumulator: List[bytes], element: bytes) -> List[bytes]:
         accumulator.append(element)
         return accumulator
 
-    def merge_accumulators(self, accumulators: Iterable[List[ImageEval]]) -> List[ImageEval]:
+    def merge_accumulators(self, accumulators: Iterable[List[bytes]]) -> List[bytes]:
         accumulators = iter(accumulators)
         merged = next(accumulators)
         for accumulator in accumulators:
             merged.extend(accumulator)
         return merged
 
-    def extract_output(self, accumulator: List[ImageEval]) -> Dict[metric_types.MetricKey, Any]:
-        summary = summarize(accumulator, self._iou_type, self._class_ids, self._max_detections)
+    def extract_output(self, accumulator: List[bytes]) -> Dict[metric_types.MetricKey, Any]:
+        summary = summarize([ImageEval.from_bytes(image) for image in accumulator], self._iou_type,
+                            self._class_ids, self._max_detections)
         values = [summary[k] for k in ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")]
         values += [summary["per_class"][c] for c in self._class_ids]
         values.append(summary["pr_curves"])
@@ -730,18 +775,21 @@ class BoxMeanAveragePrecision(tfma.metrics.COCOMeanAveragePrecision):
 # The extractor for TFMA's own box metric and for slicing
 # --------------------------------------------------------------------------------------------------------------
 
-def _add_eval_inputs(extracts: tfma.types.Extracts, model_names: Sequence[str]) -> tfma.types.Extracts:
-    """Adds the pixel boxes and the object-count bucket to one (unbatched) example's extracts."""
+def _add_eval_inputs(extracts: tfma.types.Extracts, model_names: Sequence[str],
+                     pixel_boxes: bool = True) -> tfma.types.Extracts:
+    """Adds the object-count bucket and (``pixel_boxes``) the pixel boxes to one (unbatched) example's extracts."""
     result = copy.copy(extracts)  # Beam elements are immutable: copy what changes
     features = dict(extracts[tfma_constants.FEATURES_KEY])
     ground_truth = ground_truth_from_features(features, need_masks=False)
     # TFMA's box AP has no crowd handling: crowd regions are left out of its ground truth (so a detection on one
     # counts as a false positive there; COCOBoxAP ignores it as COCO does).
     keep = ~ground_truth.is_crowd
-    features[GROUNDTRUTH_PIXEL_BOXES] = np.concatenate(
-        [ground_truth.boxes[keep], ground_truth.classes[keep, np.newaxis].astype(np.float64)], axis=1)
     features[OBJECT_COUNT] = np.array([object_count_bucket(int(keep.sum()))], dtype=object)
     result[tfma_constants.FEATURES_KEY] = features
+    if not pixel_boxes:
+        return result
+    features[GROUNDTRUTH_PIXEL_BOXES] = np.concatenate(
+        [ground_truth.boxes[keep], ground_truth.classes[keep, np.newaxis].astype(np.float64)], axis=1)
 
     standard = tfma_util.StandardExtracts(extracts)
     predictions = {}
@@ -763,21 +811,29 @@ def _model_names(eval_config: tfma.EvalConfig) -> List[str]:
     return [spec.name for spec in specs] if len(specs) > 1 else [""]
 
 
+def _uses_pixel_boxes(eval_config: tfma.EvalConfig) -> bool:
+    """Whether a metric of the config reads the pixel boxes (TFMA's box metrics configured with their keys)."""
+    return any(GROUNDTRUTH_PIXEL_BOXES in metric.config or DETECTION_PIXEL_BOXES in metric.config
+               for spec in eval_config.metrics_specs for metric in spec.metrics)
+
+
 def CocoEvalInputsExtractor(eval_config: tfma.EvalConfig) -> tfma.extractors.Extractor:  # pylint: disable=invalid-name
     """Adds, to every unbatched example, what the model and the example do not carry:
 
-    - features[:data:`GROUNDTRUTH_PIXEL_BOXES`]: [G, 5] non-crowd ground truth (left, top, right, bottom, class)
-      in pixels, TFMA's box-metric label layout;
-    - predictions[:data:`DETECTION_PIXEL_BOXES`] (per model): [D, 6] detections (left, top, right, bottom,
-      class, score) in pixels, truncated to ``num_detections``;
-    - features[:data:`OBJECT_COUNT`]: the bucket of the number of non-crowd objects, a feature to slice on.
+    - features[:data:`OBJECT_COUNT`]: the bucket of the number of non-crowd objects, a feature to slice on;
+    - when a metric of ``eval_config`` names them (TFMA's box metric, ``box_metric: tfma``), TFMA's box-metric
+      inputs: features[:data:`GROUNDTRUTH_PIXEL_BOXES`], [G, 5] non-crowd ground truth (left, top, right,
+      bottom, class) in pixels, and predictions[:data:`DETECTION_PIXEL_BOXES`] (per model), [D, 6] detections
+      (left, top, right, bottom, class, score) in pixels, truncated to ``num_detections``. The default metrics
+      do not read them; leaving them out spares every example a copy of its predictions.
 
     Must run after TFMA's unbatching and before slicing (:func:`custom_extractors` places it there).
     """
     model_names = _model_names(eval_config)
     return tfma.extractors.Extractor(
         stage_name=_EXTRACTOR_STAGE,
-        ptransform=beam.Map(_add_eval_inputs, model_names=model_names))
+        ptransform=beam.Map(_add_eval_inputs, model_names=model_names,
+                            pixel_boxes=_uses_pixel_boxes(eval_config)))
 
 
 def custom_extractors(eval_shared_model: tfma.types.MaybeMultipleEvalSharedModels, eval_config: tfma.EvalConfig,

@@ -457,6 +457,19 @@ def test_per_image_matching_and_accumulation_match_cocoeval(fixture_images, iou_
     summary = metrics.summarize(evaluations, iou_type, LABEL_MAP.ids)
     _assert_close(summary, _coco_reference(fixture_images, iou_type), f"{iou_type} summarize")
 
+    # What crosses Beam: each image's matching as bytes, decoded to the same arrays and the same summary.
+    decoded = [metrics.ImageEval.from_bytes(e.to_bytes()) for e in evaluations]
+    for before, after in zip(evaluations, decoded):
+        assert after.sort_key == before.sort_key
+        for name in ("keys", "num_dt", "num_gt", "dt_scores", "dt_matched", "dt_ignore", "gt_ignore"):
+            np.testing.assert_array_equal(getattr(after, name), getattr(before, name), err_msg=name)
+            assert getattr(after, name).dtype.kind == getattr(before, name).dtype.kind, name
+    again = metrics.summarize(decoded, iou_type, LABEL_MAP.ids)
+    np.testing.assert_array_equal(again["pr_curves"], summary["pr_curves"])
+    assert again["per_class"] == pytest.approx(summary["per_class"], nan_ok=True)
+    with pytest.raises(ValueError, match="header"):
+        metrics.ImageEval.from_bytes(evaluations[0].to_bytes() + b"\0")
+
 
 def _boxes_only_image(source_id: int, gt_box_px: Sequence[float], det_boxes_px: Sequence[Sequence[float]],
                       det_scores: Sequence[float], size: int = 100) -> FixtureImage:
@@ -585,6 +598,15 @@ def test_eval_inputs_extractor_adds_pixel_boxes_and_object_count():
     with pytest.raises(ValueError, match="the model saw a 50x200 image"):
         metrics._add_eval_inputs({constants.FEATURES_KEY: features, constants.PREDICTIONS_KEY: outputs(2, (50, 200))},
                                  model_names=[""])
+
+    # Without TFMA's box metric nothing reads the pixel boxes: only the object count is added.
+    bare = metrics._add_eval_inputs({constants.FEATURES_KEY: features, constants.PREDICTIONS_KEY: outputs(2)},
+                                    model_names=[""], pixel_boxes=False)
+    assert list(bare[constants.FEATURES_KEY][metrics.OBJECT_COUNT]) == ["2-3"]
+    assert metrics.GROUNDTRUTH_PIXEL_BOXES not in bare[constants.FEATURES_KEY]
+    assert metrics.DETECTION_PIXEL_BOXES not in bare[constants.PREDICTIONS_KEY]
+    assert metrics._uses_pixel_boxes(eval_config_lib.build_eval_config(LABEL_MAP, box_metric="tfma"))
+    assert not metrics._uses_pixel_boxes(eval_config_lib.build_eval_config(LABEL_MAP))
 
 
 def test_object_count_buckets():
