@@ -24,14 +24,15 @@ def coco128_dir():
 #
 # Each test module is one unit of work, kept whole on one worker so that its module fixtures are built once.
 # Modules that share something costlier than a module fixture are one unit: those using the session's local
-# pipeline runs (built once per worker process), and the two trainer modules whose training processes start
-# together (tests/_trainer_runs.py). The heaviest units go first so that no worker is left alone at the end
+# pipeline runs (built once per worker process), those exporting the serving tests' model (once per process,
+# tests/_serving_model.py), and the two trainer modules whose training processes start together
+# (tests/_trainer_runs.py). The heaviest units go first so that no worker is left alone at the end
 # with a long one (the order also holds without xdist; the tests do not depend on it).
 LOCAL_PIPELINE_GROUP = "local_pipeline"
+SERVING_MODEL_GROUP = "serving_model"
 SHARED_GROUPS = {"test_trainer_resume": "trainer_processes", "test_trainer_distributed": "trainer_processes"}
-HEAVIEST_FIRST = [LOCAL_PIPELINE_GROUP, "test_coco128_pipeline", "test_watch", "trainer_processes",
-                  "test_trainer_finetune", "test_export", "test_trainer_train", "test_export_image_limits",
-                  "test_metrics", "test_serving_load", "test_serving_server"]
+HEAVIEST_FIRST = [LOCAL_PIPELINE_GROUP, "test_coco128_pipeline", "test_watch", SERVING_MODEL_GROUP,
+                  "trainer_processes", "test_trainer_finetune", "test_export", "test_trainer_train", "test_metrics"]
 
 
 def pytest_configure(config):
@@ -41,11 +42,18 @@ def pytest_configure(config):
 
 def pytest_collection_modifyitems(config, items):
     del config
+    import _serving_model  # pylint: disable=import-outside-toplevel
+
     pipeline_modules = {item.module.__name__ for item in items if "local_pipeline" in item.fixturenames}
     groups = {}
     for item in items:
         module = item.module.__name__
-        group = LOCAL_PIPELINE_GROUP if module in pipeline_modules else SHARED_GROUPS.get(module, module)
+        if module in pipeline_modules:
+            group = LOCAL_PIPELINE_GROUP
+        elif any(value is _serving_model for value in vars(item.module).values()):
+            group = SERVING_MODEL_GROUP
+        else:
+            group = SHARED_GROUPS.get(module, module)
         groups[item.nodeid] = group
         item.add_marker(pytest.mark.xdist_group(group))
     rank = {name: i for i, name in enumerate(HEAVIEST_FIRST)}
