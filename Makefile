@@ -14,6 +14,11 @@ OUT ?= outputs
 # The real COCO sample is used by tests only where it exists beside the repo.
 COCO128_DIR ?= $(abspath $(wildcard ../shared/datasets/coco128))
 PYTEST_ARGS ?=
+# The suite on two processes, each test module (or group of modules sharing a fixture, see tests/conftest.py)
+# whole on one of them, heaviest first: much of it is single-threaded graph tracing and Beam Python.
+# `make test PYTEST_WORKERS=0` runs it in one process.
+PYTEST_WORKERS ?= 2
+PYTEST_XDIST = $(if $(filter 0,$(PYTEST_WORKERS)),-p no:xdist,-n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder)
 # The demo's data and training: enough steps for masks a person can see in the report's gallery.
 DEMO_IMAGES ?= 160
 DEMO_STEPS ?= 500
@@ -68,10 +73,10 @@ demo: $(STAMP)
 	@echo "      --overlay-dir $(OUT)/overlays                      # in another terminal, while it serves"
 
 test: $(STAMP)
-	MASKRCNN_TFX_COCO128="$(COCO128_DIR)" $(PY) -m pytest tests $(PYTEST_ARGS)
+	MASKRCNN_TFX_COCO128="$(COCO128_DIR)" $(PY) -m pytest tests $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	MASKRCNN_TFX_COCO128="$(COCO128_DIR)" $(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
+	MASKRCNN_TFX_COCO128="$(COCO128_DIR)" $(PY) -m pytest tests -m "not slow" $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	@for b in $(BENCH); do echo "== benchmarks/$$b.py"; \

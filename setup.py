@@ -51,7 +51,8 @@ setup(
         "aiohttp",
         "prometheus-client",
     ],
-    # The report's tests drive Chromium over its DevTools websocket and execute the notebook.
-    extras_require={"test": ["pytest", "websocket-client", "nbclient", "nbformat", "ipykernel"]},
+    # The report's tests drive Chromium over its DevTools websocket and execute the notebook; `make test` runs
+    # the suite on two processes (pytest-xdist).
+    extras_require={"test": ["pytest", "pytest-xdist", "websocket-client", "nbclient", "nbformat", "ipykernel"]},
     entry_points={"console_scripts": ["maskrcnn-tfx=maskrcnn_tfx.cli:main"]},
 )

@@ -17,3 +17,45 @@ def coco128_dir():
         pytest.skip(f"the COCO sample is absent: set {COCO128_ENV} to a folder with annotations/instances.json "
                     f"and images/ (make test sets it when ../shared/datasets/coco128 exists)")
     return path
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Running on two processes (pytest-xdist; `make test` runs `pytest -n 2 --dist loadgroup`)
+#
+# Each test module is one unit of work, kept whole on one worker so that its module fixtures are built once.
+# Modules that share something costlier than a module fixture are one unit: those using the session's local
+# pipeline runs (built once per worker process), those exporting the serving tests' model (once per process,
+# tests/_serving_model.py), and the two trainer modules whose training processes start together
+# (tests/_trainer_runs.py). The heaviest units go first so that no worker is left alone at the end
+# with a long one (the order also holds without xdist; the tests do not depend on it).
+LOCAL_PIPELINE_GROUP = "local_pipeline"
+SERVING_MODEL_GROUP = "serving_model"
+SHARED_GROUPS = {"test_trainer_resume": "trainer_processes", "test_trainer_distributed": "trainer_processes"}
+HEAVIEST_FIRST = [LOCAL_PIPELINE_GROUP, "test_coco128_pipeline", "test_watch", SERVING_MODEL_GROUP,
+                  "trainer_processes", "test_trainer_finetune", "test_export", "test_trainer_train", "test_metrics"]
+
+
+def pytest_configure(config):
+    # Registered here as well so that the mark is known when pytest-xdist is absent or disabled (-p no:xdist).
+    config.addinivalue_line("markers", "xdist_group(name): run these tests on one pytest-xdist worker")
+
+
+def pytest_collection_modifyitems(config, items):
+    del config
+    import _serving_model  # pylint: disable=import-outside-toplevel
+
+    pipeline_modules = {item.module.__name__ for item in items if "local_pipeline" in item.fixturenames}
+    groups = {}
+    for item in items:
+        module = item.module.__name__
+        if module in pipeline_modules:
+            group = LOCAL_PIPELINE_GROUP
+        elif any(value is _serving_model for value in vars(item.module).values()):
+            group = SERVING_MODEL_GROUP
+        else:
+            group = SHARED_GROUPS.get(module, module)
+        groups[item.nodeid] = group
+        item.add_marker(pytest.mark.xdist_group(group))
+    rank = {name: i for i, name in enumerate(HEAVIEST_FIRST)}
+    # A stable sort: within a unit, and among the units not listed, the collection order stays.
+    items.sort(key=lambda item: rank.get(groups[item.nodeid], len(rank)))

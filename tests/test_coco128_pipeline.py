@@ -99,6 +99,8 @@ def test_one_photo_served_by_the_local_server(coco128_run):
         with client_lib.connect(f"http://127.0.0.1:{server.rest_port}", timeout=120) as client:
             served = client.predict([photo.encoded])
             detections = client.detect([photo.encoded], score_threshold=0.0)[0]
+        # The SavedModel the server loaded (one load of this model is enough: each costs tens of seconds).
+        loaded = server.registry.stores["maskrcnn"].resolve()
     label_map = LabelMap.load(config.label_map_path)
     assert len(label_map.ids) == 80 and max(label_map.ids) == 90  # COCO's ids, with their gaps
     # The answer is in the photo's own frame and names only classes of the label map.
@@ -111,9 +113,11 @@ def test_one_photo_served_by_the_local_server(coco128_run):
     assert len(detections) == num and all(d.class_name in label_map.names for d in detections.detections)
     # Masks pasted onto the whole photo, at its own size.
     assert all(d.mask.shape == (photo.height, photo.width) for d in detections.detections)
-    # The server answers what the pushed SavedModel computes itself.
-    model = tf.saved_model.load(os.path.join(config.resolved_serving_dir, run.pushed_version))
-    direct = model.signatures["serving_default"](images=tf.constant([photo.encoded]))
+    # The server answers what the pushed SavedModel computes itself: its signature called directly, without the
+    # REST API, the client or the server's batching.
+    assert os.path.realpath(loaded.path) == os.path.realpath(
+        os.path.join(config.resolved_serving_dir, run.pushed_version))
+    direct = loaded.signature("serving_default")(images=tf.constant([photo.encoded]))
     assert int(direct["num_detections"][0]) == num
     np.testing.assert_allclose(direct["detection_scores"].numpy()[0, :num], served["detection_scores"][0, :num],
                                atol=1e-5)
