@@ -113,8 +113,12 @@ def create_pipeline(config: PipelineConfig, *, validated: bool = False) -> tfx.d
                                                label_map_path=config.label_map_path,
                                                max_image_pixels=max_image_pixels)
 
+    # No TFDV statistics of its own: before the transform they are StatisticsGen's on the same examples, after
+    # it the same features plus two constant ones. No analyzer cache: nothing feeds it back (it pays off
+    # only with analyzer_cache wired from an earlier span), and writing it is a pass of its own.
     transform = tfx.components.Transform(examples=example_gen.outputs["examples"],
-                                         schema=schema_gen.outputs["schema"], preprocessing_fn=PREPROCESSING_FN)
+                                         schema=schema_gen.outputs["schema"], preprocessing_fn=PREPROCESSING_FN,
+                                         disable_statistics=True, disable_analyzer_cache=True)
     # Both validators gate the first costly step: nothing is transformed or trained on data that failed.
     transform.add_upstream_node(anomalies_gate)
     transform.add_upstream_node(annotation_validator)

@@ -127,6 +127,22 @@ def fresh_model(run, data):
     return model_lib.build_model(config_lib.to_experiment_config(config, LabelMap.load(data.label_map)))
 
 
+def test_the_model_has_the_variables_of_model_gardens_build(run, data, fresh_model):
+    """build_model creates the variables with one eager call; Model Garden's (a symbolic call) makes the same."""
+    from official.vision.tasks import maskrcnn as mg_maskrcnn_task  # pylint: disable=g-import-not-at-top
+
+    config = config_lib.load_config(overrides=run.custom_config)
+    reference = mg_maskrcnn_task.MaskRCNNTask(
+        config_lib.to_experiment_config(config, LabelMap.load(data.label_map)).task).build_model()
+
+    def described(model):
+        return [(name, tuple(v.shape), v.dtype, v.trainable) for name, v in model_lib.model_parts_variables(model)]
+
+    assert described(fresh_model) == described(reference)
+    assert len(fresh_model.variables) == len(reference.variables) > 100
+    assert len(fresh_model.trainable_variables) == len(reference.trainable_variables)
+
+
 def _weights(model):
     return {name: variable.numpy().copy() for name, variable in model_lib.model_parts_variables(model)}
 

@@ -170,12 +170,14 @@ class MaskRCNNServingModule(detection.DetectionModule):
         self._label_ids = tuple(label_map.ids)
 
     def _build_model(self) -> tf_keras.Model:
+        # Without AutoGraph, as the trainer builds it (trainer.model.MaskRCNNTrainerTask.build_model).
+        build = tf.autograph.experimental.do_not_convert(super()._build_model)
         if self._precision == "float32":
-            return super()._build_model()
+            return build()
         # Every layer made now (Model Garden's factory builds the whole model) computes in bfloat16 with float32
         # variables; then the layers that must stay float32 are switched back.
         with _keras_policy("mixed_bfloat16"):
-            model = super()._build_model()
+            model = build()
         for part in _BFLOAT16_FLOAT32_PARTS:
             # roi_sampler is a list (one per cascade stage).
             for layer in tf.nest.flatten(getattr(model, part, None)):
@@ -262,9 +264,12 @@ class MaskRCNNServingModule(detection.DetectionModule):
             output_signature = (tf.TensorSpec(self._padded_size + [self._num_channels], tf.float32),
                                 tf.TensorSpec([4, 2], tf.float32))
 
+            # One trace of the per-image preprocessing, called by both branches (each would trace its own).
+            preprocess_one = tf.function(self._preprocess_one, autograph=False).get_concrete_function(
+                tf.TensorSpec([], tf.string))
+
             def decode_all(parallel_iterations: int):
-                return lambda: tf.map_fn(self._preprocess_one, encoded_images,
-                                         fn_output_signature=output_signature,
+                return lambda: tf.map_fn(preprocess_one, encoded_images, fn_output_signature=output_signature,
                                          parallel_iterations=parallel_iterations)
 
             images, image_info = tf.cond(tf.reduce_sum(pixels) <= self._max_image_pixels,
@@ -297,12 +302,17 @@ class MaskRCNNServingModule(detection.DetectionModule):
 
     # --- inference ---------------------------------------------------------------------------------------
 
-    # One traced graph shared by both signatures: tracing Mask R-CNN is most of the export's time.
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    # One traced graph shared by both signatures: tracing Mask R-CNN is most of the export's time. Without
+    # AutoGraph: this module and Model Garden's network are graph code as written (tf.cond, tf.map_fn), and
+    # converting them would only add to the tracing.
+    @tf.function(autograph=False, input_signature=[tf.TensorSpec([None], tf.string)])
     def detect(self, encoded_images: tf.Tensor) -> Dict[str, tf.Tensor]:
         """The signatures' body: encoded images [B] to the served outputs (see the module docstring)."""
-        images, image_info = self.preprocess_encoded(encoded_images)
-        run_model = tf.function(self._run_model, jit_compile=True) if self._jit_compile else self._run_model
+        # The saved serving_preprocess function, so the preprocessing is traced once for both.
+        preprocessed = self.serving_preprocess(encoded_images)
+        images, image_info = preprocessed["images"], preprocessed["image_info"]
+        run_model = (tf.function(self._run_model, jit_compile=True, autograph=False) if self._jit_compile
+                     else self._run_model)
         detections = run_model(images, image_info[:, 1, :])
         # Resized-image pixels -> normalized coordinates of the original image (Model Garden's own helper).
         detections = self._normalize_coordinates(dict(detections), ["detection_boxes"], image_info)
@@ -341,27 +351,30 @@ class MaskRCNNServingModule(detection.DetectionModule):
         self._run_model(tf.zeros([1, height, width, self._num_channels], tf.float32),
                         tf.constant([[height, width]], tf.float32))
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=IMAGES_INPUT)])
+    @tf.function(autograph=False, input_signature=[tf.TensorSpec([None], tf.string, name=IMAGES_INPUT)])
     def serve_encoded_images(self, images: tf.Tensor) -> Dict[str, tf.Tensor]:
         return self.detect(images)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
+    @tf.function(autograph=False, input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
     def serve_tf_examples(self, examples: tf.Tensor) -> Dict[str, tf.Tensor]:
         parsed = tf.io.parse_example(examples, {ef.ENCODED: tf.io.FixedLenFeature([], tf.string)})
         return self.detect(parsed[ef.ENCODED])
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=IMAGES_INPUT)])
+    @tf.function(autograph=False, input_signature=[tf.TensorSpec([None], tf.string, name=IMAGES_INPUT)])
     def serving_preprocess(self, images: tf.Tensor) -> Dict[str, tf.Tensor]:
         """The signatures' preprocessing alone (saved as a function, not a signature), for debugging and
         for checking that serving feeds the model what training did."""
         model_images, image_info = self.preprocess_encoded(images)
         return {"images": model_images, "image_info": image_info}
 
-    def serving_signatures(self) -> Dict[str, Any]:
-        return {
-            SERVING_SIGNATURE: self.serve_encoded_images.get_concrete_function(),
-            TF_EXAMPLE_SIGNATURE: self.serve_tf_examples.get_concrete_function(),
-        }
+    def serving_signatures(self, *, traced: bool = True) -> Dict[str, Any]:
+        """The served signatures: their concrete functions, or (``traced=False``) the tf.functions, which
+        ``tf.saved_model.save`` traces itself. A function traced before the save is traced again within it
+        (the save has a tracing context of its own), so saving the tf.functions traces the network once."""
+        functions = {SERVING_SIGNATURE: self.serve_encoded_images, TF_EXAMPLE_SIGNATURE: self.serve_tf_examples}
+        if not traced:
+            return functions
+        return {name: function.get_concrete_function() for name, function in functions.items()}
 
 
 def keep_label_map_classes(outputs: Dict[str, tf.Tensor], label_ids: Sequence[int]) -> Dict[str, tf.Tensor]:
@@ -510,11 +523,15 @@ def export_serving_model(model: tf_keras.Model, config: Union[TrainerConfig, cfg
             if precision == "float32":
                 # (bfloat16 keeps building its heads in the trace, where its float32 outputs were measured.)
                 module.create_variables()
-            signatures = module.serving_signatures()
-        # Every trained weight must have found its place in the inference copy.
-        restored.assert_consumed()
-        with _without_keras_layer_traces():
-            tf.saved_model.save(module, serving_model_dir, signatures=signatures)
+                # Every variable exists: the save traces the signatures, once.
+                signatures = module.serving_signatures(traced=False)
+            else:
+                # The heads' variables appear in the trace; they are checked before anything is written.
+                signatures = module.serving_signatures()
+            # Every trained weight must have found its place in the inference copy.
+            restored.assert_consumed()
+            with _without_keras_layer_traces():
+                tf.saved_model.save(module, serving_model_dir, signatures=signatures)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     write_warmup_requests(serving_model_dir,

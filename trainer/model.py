@@ -24,6 +24,7 @@ import tensorflow as tf
 import tf_keras
 from official.core import config_definitions as mg_cfg
 from official.vision.configs import maskrcnn as mg_maskrcnn
+from official.vision.modeling import factory as mg_factory
 from official.vision.tasks import maskrcnn as mg_maskrcnn_task
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
@@ -261,10 +262,44 @@ class MaskRCNNTrainerTask(mg_maskrcnn_task.MaskRCNNTask):
         else:
             raise WeightsError(f"init_checkpoint_modules {mode!r} is not one of {', '.join(INIT_MODES)}")
 
+    def build_model(self) -> tf_keras.Model:
+        """Model Garden's Mask R-CNN (``factory.build_maskrcnn``, as ``MaskRCNNTask.build_model`` builds it),
+        its variables created by one eager call on a blank image.
+
+        Model Garden creates them with a symbolic call on Keras inputs, which traces the whole inference
+        network, as costly as tracing it in a tf.function; the training step traces the network anyway, and
+        the eager call runs it once on one image. The variables, their shapes and initial values are the same.
+        """
+        model_config = self.task_config.model
+        weight_decay = self.task_config.losses.l2_weight_decay
+        # Half the weight decay: Model Garden's convention (it matches tf.nn.l2_loss).
+        regularizer = tf_keras.regularizers.l2(weight_decay / 2.0) if weight_decay else None
+        # Without AutoGraph, like the steps below: the backbone and FPN are Keras functional models, whose
+        # construction otherwise converts every layer's call.
+        model = tf.autograph.experimental.do_not_convert(mg_factory.build_maskrcnn)(
+            input_specs=tf_keras.layers.InputSpec(shape=[None] + list(model_config.input_size)),
+            model_config=model_config, l2_regularizer=regularizer)
+        if self.task_config.freeze_backbone:
+            model.backbone.trainable = False
+        height, width, channels = model_config.input_size
+        model(tf.zeros([1, height, width, channels]), image_shape=tf.constant([[height, width]], tf.float32),
+              training=False)
+        return model
+
+    # Model Garden's steps are graph code already (tf.cond, tf.while_loop, Python conditions on Python values):
+    # AutoGraph's conversion of them, and of every Keras layer and op they call, is a large part of the cost of
+    # tracing them and changes no op in the traced graph. They are traced as written.
+    def train_step(self, inputs, model, optimizer, metrics=None):
+        return tf.autograph.experimental.do_not_convert(super().train_step)(inputs, model, optimizer,
+                                                                             metrics=metrics)
+
+    def validation_step(self, inputs, model, metrics=None):
+        return tf.autograph.experimental.do_not_convert(super().validation_step)(inputs, model, metrics=metrics)
+
     def build_model_with_classes(self, num_classes: int) -> tf_keras.Model:
         """This task's model with another number of classes (to read a checkpoint of other classes)."""
         params = self.task_config.replace(model={"num_classes": num_classes}, init_checkpoint=None)
-        return mg_maskrcnn_task.MaskRCNNTask(params).build_model()
+        return MaskRCNNTrainerTask(params).build_model()
 
 
 def build_task(experiment: mg_cfg.ExperimentConfig, *, logging_dir: Optional[str] = None,
