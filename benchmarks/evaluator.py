@@ -6,8 +6,8 @@ format with the predictions stored beside the features (``detection_boxes``, ``d
 model runs. Then, in the same run:
 
 - TFMA (``tfma.run_model_analysis`` without a model, ``ModelSpec.prediction_keys`` naming the stored
-  predictions) with the product's EvalConfig (``pipelines.eval_config.build_eval_config``: mask AP and the
-  default exact box AP, sliced by object count, ``pipelines.metrics.custom_extractors``), on Beam's DirectRunner
+  predictions) with the product's EvalConfig (``maskrcnn_tfx.pipelines.eval_config.build_eval_config``: mask AP and the
+  default exact box AP, sliced by object count, ``maskrcnn_tfx.pipelines.metrics.custom_extractors``), on Beam's DirectRunner
   in process and in 2 worker processes;
 - pycocotools' ``COCOeval`` ``segm`` and ``bbox`` directly: the same records read and parsed, ground-truth PNG
   masks decoded and RLE-encoded, the detections' masks pasted with the product's paste
@@ -25,7 +25,7 @@ extrapolated to 0 images). Both sides first run once, untimed, on ``--warmup-ima
 of a process do not land on the first row (those times are printed too).
 
 ``--tfma-box-images N`` also times TFMA's own ``COCOMeanAveragePrecision`` (``box_metric: tfma``) on N images of
-3 classes against the estimate ``pipelines.config`` warns with. ``--with-model`` runs the whole local pipeline
+3 classes against the estimate ``maskrcnn_tfx.pipelines.config`` warns with. ``--with-model`` runs the whole local pipeline
 on coco128 (``$MASKRCNN_TFX_COCO128``: converted, the tiny model at 256 px trained a few steps) and prints the
 Evaluator component's time from ML Metadata.
 
@@ -175,9 +175,9 @@ def run_tfma(data: str, label_map, output: str, beam_args: Sequence[str], **conf
     import tensorflow_model_analysis as tfma  # pylint: disable=g-import-not-at-top
     from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=g-import-not-at-top
 
-    from pipelines import metrics  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.pipelines import metrics  # pylint: disable=g-import-not-at-top
 
-    from pipelines import eval_config as eval_config_lib  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.pipelines import eval_config as eval_config_lib  # pylint: disable=g-import-not-at-top
 
     config = eval_config_lib.build_eval_config(label_map, stored_predictions=True, **config_kwargs)
     shutil.rmtree(output, ignore_errors=True)
@@ -292,8 +292,8 @@ def largest_difference(tfma_values: Dict[str, float], coco_values: Dict[str, flo
 
 def evaluator_on_coco128(work: str, train_steps: int, image_size: int) -> Dict[str, float]:
     from maskrcnn_tfx.data.convert import convert_coco  # pylint: disable=g-import-not-at-top
-    from pipelines import local_runner, outputs  # pylint: disable=g-import-not-at-top
-    from pipelines.config import PipelineConfig  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.pipelines import local_runner, outputs  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.pipelines.config import PipelineConfig  # pylint: disable=g-import-not-at-top
 
     coco128 = os.environ.get("MASKRCNN_TFX_COCO128", "")
     annotations = os.path.join(coco128, "annotations", "instances.json")
@@ -425,7 +425,7 @@ def main(argv=None) -> int:
         print(f"marginal ratio (the cost per added image, fixed costs excluded): worst {max(marginal):.2f}")
 
     if args.tfma_box_images:
-        from pipelines import eval_config as eval_config_lib  # pylint: disable=g-import-not-at-top
+        from maskrcnn_tfx.pipelines import eval_config as eval_config_lib  # pylint: disable=g-import-not-at-top
 
         data = os.path.join(work, f"records_3c_{args.tfma_box_images}i_tfmabox.tfrecord")
         write_records(data, args.tfma_box_images, 3, args.seed + 1000)

@@ -10,7 +10,7 @@
 
 Both are evaluated at the end of training on the same held-out relabelled images (the Trainer's own
 evaluation: Model Garden's COCO evaluator, pycocotools), and their box and mask AP are printed with the ratio.
-Everything goes through ``trainer.train.train``, what the TFX Trainer's ``run_fn`` calls.
+Everything goes through ``maskrcnn_tfx.trainer.train.train``, what the TFX Trainer's ``run_fn`` calls.
 
     .venv/bin/python benchmarks/finetune.py [--pretrain-steps 400] [--steps 100] [--work-dir DIR]
 """
@@ -79,8 +79,8 @@ def main(argv=None) -> int:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
     tf.get_logger().setLevel("ERROR")
-    from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
-    from trainer import train as train_lib  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.trainer import config as config_lib  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.trainer import train as train_lib  # pylint: disable=g-import-not-at-top
 
     size = args.image_size
     data_dir = os.path.join(args.work_dir, "data")

@@ -2,7 +2,7 @@
 
 Ours is what the product serves: Model Garden's ResNet-50-FPN Mask R-CNN (the ``coco_r50fpn`` preset with a
 640x640 input and 100 detections, random-init weights: nothing can be downloaded here) exported by
-``trainer.export.export_serving_model``, reloaded with ``tf.saved_model.load`` and called through its
+``maskrcnn_tfx.trainer.export.export_serving_model``, reloaded with ``tf.saved_model.load`` and called through its
 ``serving_default`` signature on encoded JPEG bytes (decoding and preprocessing included). The peer is
 torchvision's ``maskrcnn_resnet50_fpn`` (random init) at the same size and detection count, decoding the same
 JPEGs, run as a subprocess under another interpreter (torch is not in the project's virtualenv); with no such
@@ -212,7 +212,7 @@ def make_images(coco128: str, count: int, size: int, out_dir: str) -> Tuple[List
 def experiment_config(args):
     """The --preset (coco_r50fpn) at --input-size with --max-detections, keeping every detection."""
     from maskrcnn_tfx.label_map import LabelMap  # pylint: disable=import-outside-toplevel
-    from trainer import config as config_lib  # pylint: disable=import-outside-toplevel
+    from maskrcnn_tfx.trainer import config as config_lib  # pylint: disable=import-outside-toplevel
 
     # COCO's class count as torchvision has it: ids 1..90 (+ background) = 91 outputs, no gaps (so no detection
     # is dropped for an id outside the label map).
@@ -243,8 +243,8 @@ def export_all(args, levers: Sequence[str]) -> Dict[str, str]:
             print(f"  reusing the {lever} export in {folders[lever]}")
     if not todo:
         return folders
-    from trainer import export  # pylint: disable=import-outside-toplevel
-    from trainer import model as model_lib  # pylint: disable=import-outside-toplevel
+    from maskrcnn_tfx.trainer import export  # pylint: disable=import-outside-toplevel
+    from maskrcnn_tfx.trainer import model as model_lib  # pylint: disable=import-outside-toplevel
 
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
@@ -406,7 +406,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"Images: {images_note}, {args.input_size}x{args.input_size} JPEG; {args.max_detections} "
           f"detections per image, score threshold 0 for both")
 
-    print("Exporting (coco_r50fpn preset, random init, through trainer.export.export_serving_model):")
+    print("Exporting (coco_r50fpn preset, random init, through maskrcnn_tfx.trainer.export.export_serving_model):")
     folders = export_all(args, levers)
 
     torch_python, torch_note = find_torch_python(args.torch_python)

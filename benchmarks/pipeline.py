@@ -91,8 +91,8 @@ def step_seconds(model_run_uri: str) -> Optional[float]:
 def run_once(config_file: str, result_file: str) -> None:
     """The child: runs the pipeline of ``config_file`` with the code on its PYTHONPATH, writes the times."""
     import maskrcnn_tfx  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import  (selects tf_keras)
-    from pipelines import local_runner, outputs  # pylint: disable=g-import-not-at-top
-    from pipelines.config import PipelineConfig  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.pipelines import local_runner, outputs  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.pipelines.config import PipelineConfig  # pylint: disable=g-import-not-at-top
 
     with open(config_file, encoding="utf-8") as f:
         config = PipelineConfig.from_dict(json.load(f)).validate()

@@ -1,9 +1,9 @@
 """Benchmark: requests per second and p50/p99 latency of the local server's REST and gRPC APIs against a direct
 SavedModel call, at concurrency 1 and 8, in the same run, on the tiny model.
 
-The tiny preset's Mask R-CNN (random init; exported by ``trainer.export`` through tests/_serving_model.py)
+The tiny preset's Mask R-CNN (random init; exported by ``maskrcnn_tfx.trainer.export`` through tests/_serving_model.py)
 is pushed as version 1 into a temporary base directory and served by ``maskrcnn-tfx serve`` in its own
-process (as TF Serving would be); the clients (``serving.client``, one per thread, one image per request)
+process (as TF Serving would be); the clients (``maskrcnn_tfx.serving.client``, one per thread, one image per request)
 and the direct calls (``tf.saved_model.load`` in this process, the same image) run here. The figures that
 carry over to other machines are the ratios to the direct call: the API's own cost (encoding, transport,
 JSON for REST) on top of the model.
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
 
     import _serving_model as served  # pylint: disable=import-outside-toplevel
     from maskrcnn_tfx import signature as sig  # pylint: disable=import-outside-toplevel
-    from serving import client as client_lib  # pylint: disable=import-outside-toplevel
+    from maskrcnn_tfx.serving import client as client_lib  # pylint: disable=import-outside-toplevel
 
     print(f"load average at start: {load_average()} on {os.cpu_count()} CPUs")
     start = time.perf_counter()

@@ -1,6 +1,6 @@
 """Benchmark: the local server under a mixed load of valid and hostile requests, in one run.
 
-``maskrcnn-tfx serve`` (its own process, the tiny preset's Mask R-CNN exported by ``trainer.export`` through
+``maskrcnn-tfx serve`` (its own process, the tiny preset's Mask R-CNN exported by ``maskrcnn_tfx.trainer.export`` through
 tests/_serving_model.py) gets 10,000 REST requests from 32 client threads, then a smaller gRPC run: 90% valid
 (one of three small PNG/JPEG images per request) and 10% hostile, every kind of tests/_serving_load.py in
 turn (pixel bombs of 20000x20000 and 40000x40000 in PNG and JPEG, truncated and non-image bytes, bad base64,

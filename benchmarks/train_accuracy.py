@@ -1,7 +1,7 @@
 """Benchmark: COCO mask and box AP of the ``tiny`` preset on synthetic shapes, over training steps and wall time.
 
-The Trainer (``trainer.train.train``) trains the ``tiny`` preset on 512 shapes images of 128x128 (seed fixed)
-within a wall-time budget; at several points the model is exported (``trainer.export.export_serving_model``,
+The Trainer (``maskrcnn_tfx.trainer.train.train``) trains the ``tiny`` preset on 512 shapes images of 128x128 (seed fixed)
+within a wall-time budget; at several points the model is exported (``maskrcnn_tfx.trainer.export.export_serving_model``,
 what the pipeline serves) and evaluated on 64 held-out shapes images (another seed) through the SavedModel's
 ``serving_default`` signature: box-relative masks pasted with ``maskrcnn_tfx.masks``, pycocotools COCOeval
 ``bbox`` and ``segm``. The AP curve is printed over steps and training wall time. Target: mask AP >= 0.5
@@ -82,9 +82,9 @@ def main(argv=None) -> int:
 
     tf.get_logger().setLevel("ERROR")
     from maskrcnn_tfx.label_map import LabelMap  # pylint: disable=g-import-not-at-top
-    from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
-    from trainer import export as export_lib  # pylint: disable=g-import-not-at-top
-    from trainer import train as train_lib  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.trainer import config as config_lib  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.trainer import export as export_lib  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.trainer import train as train_lib  # pylint: disable=g-import-not-at-top
 
     t0 = time.monotonic()
     data = _common.prepare_shapes(os.path.join(args.work_dir, "data"), num_train=args.num_train,

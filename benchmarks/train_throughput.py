@@ -1,11 +1,11 @@
 """Benchmark: training images/s of our Trainer against Model Garden's own training loop, same experiment, same run.
 
 Contenders, on the same converted shapes TFRecords and the same Model Garden ``ExperimentConfig`` (built by
-``trainer.config.to_experiment_config`` from the same ``tiny`` configuration, ``train_data.input_path`` pointing
+``maskrcnn_tfx.trainer.config.to_experiment_config`` from the same ``tiny`` configuration, ``train_data.input_path`` pointing
 at the same files), same global batch size, steps and steps per loop, same strategy (the one our
 ``runtime.strategy: auto`` builds: one device, the CPU here):
 
-- ``ours``: ``trainer.train.train`` (what ``train_and_export`` runs before exporting), no evaluation;
+- ``ours``: ``maskrcnn_tfx.trainer.train.train`` (what ``train_and_export`` runs before exporting), no evaluation;
 - ``mg``: ``official.core.train_lib.run_experiment(mode="train")`` with Model Garden's own ``MaskRCNNTask``
   (``task_factory.get_task``) under Model Garden's precision policy, as ``official/vision/train.py`` does.
 
@@ -52,7 +52,7 @@ def parse_args(argv=None):
 
 
 def trainer_config(args, label_map_path: str):
-    from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.trainer import config as config_lib  # pylint: disable=g-import-not-at-top
 
     steps = args.loops * args.loop_steps
     return config_lib.load_config("tiny", {
@@ -86,8 +86,8 @@ def run_worker(args) -> Dict:
 
     tf.get_logger().setLevel("ERROR")
     from maskrcnn_tfx.label_map import LabelMap  # pylint: disable=g-import-not-at-top
-    from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
-    from trainer import strategy as strategy_lib  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.trainer import config as config_lib  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.trainer import strategy as strategy_lib  # pylint: disable=g-import-not-at-top
 
     with open(args.data, encoding="utf-8") as f:
         data = json.load(f)
@@ -98,7 +98,7 @@ def run_worker(args) -> Dict:
     marks = LoopMarks()
     start = time.monotonic()
     if args.worker == "ours":
-        from trainer import train as train_lib  # pylint: disable=g-import-not-at-top
+        from maskrcnn_tfx.trainer import train as train_lib  # pylint: disable=g-import-not-at-top
 
         # TrainResult.seconds_per_step: the same loop-end marks and formula as the mg branch below.
         result = train_lib.train(cfg, data["train"], None, model_dir, label_map=labels, strategy=strategy)

@@ -1,13 +1,13 @@
 """Custom TFX components of the Mask R-CNN TFX product.
 
-- :mod:`components.annotation_checks`: per-record annotation checks (pure Python, no TFX needed).
-- :mod:`components.annotation_validator`: the ``AnnotationValidator`` component that runs them over a
+- :mod:`maskrcnn_tfx.components.annotation_checks`: per-record annotation checks (pure Python, no TFX needed).
+- :mod:`maskrcnn_tfx.components.annotation_validator`: the ``AnnotationValidator`` component that runs them over a
   pipeline's examples with Beam.
 """
 import maskrcnn_tfx  # noqa: F401  (selects tf_keras before TensorFlow loads)
 
-_LAZY = {"AnnotationValidator": "components.annotation_validator",
-         "InstanceAnomalies": "components.annotation_validator"}
+_LAZY = {"AnnotationValidator": "maskrcnn_tfx.components.annotation_validator",
+         "InstanceAnomalies": "maskrcnn_tfx.components.annotation_validator"}
 
 
 def __getattr__(name: str):

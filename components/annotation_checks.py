@@ -3,7 +3,7 @@
 These are pure functions (no TFX, no Beam), shared by the ``AnnotationValidator`` pipeline component and by
 anyone who wants to vet records before a pipeline sees them::
 
-    from components.annotation_checks import check_example
+    from maskrcnn_tfx.components.annotation_checks import check_example
     for problem in check_example(record_bytes, LabelMap.load("label_map.json")):
         print(problem.describe())
 

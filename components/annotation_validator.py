@@ -2,7 +2,7 @@
 
 TFDV's ExampleValidator checks feature statistics against a schema; it cannot see that a box lies outside its
 image, that an example has three boxes and two masks, or that a mask PNG is of another size than its image.
-This component runs the per-record checks of :mod:`components.annotation_checks` over every record of every
+This component runs the per-record checks of :mod:`maskrcnn_tfx.components.annotation_checks` over every record of every
 split, in a Beam pipeline (so it scales out with the pipeline's ``beam_pipeline_args``), and writes a report::
 
     validator = AnnotationValidator(examples=example_gen.outputs["examples"],
@@ -52,7 +52,7 @@ from tfx.types import artifact, artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 from tfx.utils import json_utils
 
-from components.annotation_checks import RULES, ExampleCheck, Problem, inspect_example
+from maskrcnn_tfx.components.annotation_checks import RULES, ExampleCheck, Problem, inspect_example
 from maskrcnn_tfx import label_map as label_map_lib
 from maskrcnn_tfx.images import DEFAULT_MAX_IMAGE_PIXELS
 

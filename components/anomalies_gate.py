@@ -8,7 +8,7 @@ anomaly, with an error naming each split, feature and anomaly, and the file that
     trainer.add_upstream_node(gate)   # training starts only when the schema check passed
 
 TFDV's anomalies are per feature (statistics against the schema); per-record problems are the
-AnnotationValidator's (``components.annotation_validator``), whose report names the records.
+AnnotationValidator's (``maskrcnn_tfx.components.annotation_validator``), whose report names the records.
 """
 
 import os  # (no `from __future__ import annotations`: TFX reads the real type hints of @component)

@@ -2,7 +2,7 @@
 
 The training loop runs :func:`watch_steps` around Model Garden's loop: a thread reads the global step twice a
 second and publishes a :class:`Progress` (step/total, steps per second, loss, time left) to the subscribers
-(``maskrcnn-tfx run`` draws it as one updating terminal line, see :mod:`pipelines.run_output`); every
+(``maskrcnn-tfx run`` draws it as one updating terminal line, see :mod:`maskrcnn_tfx.pipelines.run_output`); every
 ``log_every`` steps it also logs a line to the ``maskrcnn_tfx.progress`` logger, so a run without a terminal
 (Kubeflow, a CI log, the run's log file) shows how far training got.
 """

@@ -14,9 +14,9 @@ import maskrcnn_tfx  # noqa: F401  (selects tf_keras before TensorFlow loads)
 # Not exported under tfx.v1 in TFX 1.16; this is the IR-based runner (the same MLMD layout as LocalDagRunner).
 from tfx.orchestration.beam.beam_dag_runner import BeamDagRunner
 
-from pipelines.config import PipelineConfig
-from pipelines.pipeline import create_pipeline
-from pipelines.run_output import drop_false_warnings
+from maskrcnn_tfx.pipelines.config import PipelineConfig
+from maskrcnn_tfx.pipelines.pipeline import create_pipeline
+from maskrcnn_tfx.pipelines.run_output import drop_false_warnings
 
 
 def run(config: PipelineConfig) -> None:

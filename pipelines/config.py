@@ -112,9 +112,9 @@ class EvaluationConfig:
     min_box_ap: Optional[float] = 0.001
     # Against the latest blessed model (when there is one): the candidate's AP may be at most this lower.
     max_ap_drop: Optional[float] = 0.0
-    # "pycocotools" (default): COCO's exact box AP, computed like the mask AP (pipelines.metrics.COCOBoxAP);
+    # "pycocotools" (default): COCO's exact box AP, computed like the mask AP (maskrcnn_tfx.pipelines.metrics.COCOBoxAP);
     # its cost does not grow with classes. "tfma": TFMA's COCOMeanAveragePrecision
-    # (pipelines.metrics.BoxMeanAveragePrecision), 40 Beam computations per class, seconds per image and class:
+    # (maskrcnn_tfx.pipelines.metrics.BoxMeanAveragePrecision), 40 Beam computations per class, seconds per image and class:
     # validate() warns when it would be slow. See pipelines/eval_config.py.
     box_metric: str = "pycocotools"
     # Score thresholds of box_metric "tfma" only (its cost grows with them).
@@ -196,7 +196,7 @@ class KubeflowConfig:
 
 @dataclasses.dataclass
 class PipelineConfig:
-    """Everything :func:`pipelines.pipeline.create_pipeline` needs (see the module docstring)."""
+    """Everything :func:`maskrcnn_tfx.pipelines.pipeline.create_pipeline` needs (see the module docstring)."""
 
     pipeline_name: str = DEFAULT_PIPELINE_NAME
     # Default: ./outputs/pipeline.
@@ -274,7 +274,7 @@ class PipelineConfig:
         return list(LOCAL_BEAM_ARGS)
 
     def trainer_custom_config(self) -> Dict[str, Any]:
-        """The Trainer's ``custom_config``: the trainer configuration dict of ``trainer.task``."""
+        """The Trainer's ``custom_config``: the trainer configuration dict of ``maskrcnn_tfx.trainer.task``."""
         custom = {"preset": self.trainer.preset, "label_map_path": self.label_map_path}
         _merge(custom, self.trainer.overrides)
         init = {key: getattr(self.trainer, key) for key in ("init_checkpoint", "init_checkpoint_modules")
@@ -344,7 +344,7 @@ class PipelineConfig:
             train_overrides["init_checkpoint"] = _checkpoint_path(train_overrides["init_checkpoint"])
         if not problems:
             # The Trainer would fail only after Transform: check the trainer configuration now.
-            from trainer import config as trainer_config  # pylint: disable=g-import-not-at-top
+            from maskrcnn_tfx.trainer import config as trainer_config  # pylint: disable=g-import-not-at-top
             try:
                 init_checkpoint = trainer_config.load_config(
                     overrides=c.trainer_custom_config()).train.init_checkpoint
@@ -378,7 +378,7 @@ class PipelineConfig:
         need(bool(c.kubeflow.image), "kubeflow.image is required")
         if c.runner == "kubeflow":
             # Kept in pipelines/submit.py: what a cluster's pods can read, and the submission options.
-            from pipelines import submit  # pylint: disable=g-import-not-at-top
+            from maskrcnn_tfx.pipelines import submit  # pylint: disable=g-import-not-at-top
             problems.extend(submit.config_problems(c))
         if problems:
             raise PipelineConfigError("invalid pipeline configuration:\n  " + "\n  ".join(problems))
@@ -393,7 +393,7 @@ _WARNED: set = set()
 
 def _warn_if_slow_tfma_box_metric(config: PipelineConfig) -> None:
     """Logs the expected cost of TFMA's box metric before anything runs, when it would be slow."""
-    from pipelines import eval_config  # pylint: disable=g-import-not-at-top  (TFMA: only when it is used)
+    from maskrcnn_tfx.pipelines import eval_config  # pylint: disable=g-import-not-at-top  (TFMA: only when it is used)
 
     path = config.label_map_path
     try:

@@ -4,7 +4,7 @@
 It reports, for the model and, with a baseline, for the baseline and their difference:
 
 - ``mask_ap``, ``mask_ap50``, ``mask_ap75``: COCO mask AP at IoU .50:.95, .50 and .75
-  (``pipelines.metrics.COCOMaskAP``);
+  (``maskrcnn_tfx.pipelines.metrics.COCOMaskAP``);
 - ``mask_ap_small``, ``mask_ap_medium``, ``mask_ap_large``: the same by object area (< 32², 32² to 96², > 96²
   pixels);
 - ``mask_ap/<class name>``: per class, at IoU .50:.95;
@@ -12,14 +12,14 @@ It reports, for the model and, with a baseline, for the baseline and their diffe
 
 Box AP comes from one of two implementations (``box_metric``):
 
-- ``"pycocotools"`` (default): ``pipelines.metrics.COCOBoxAP``, which shares the mask metric's path: one COCO
+- ``"pycocotools"`` (default): ``maskrcnn_tfx.pipelines.metrics.COCOBoxAP``, which shares the mask metric's path: one COCO
   per-image matching per example (``COCOeval.evaluateImg``) and one accumulation per slice
   (``COCOeval.accumulate``). It gives COCOeval's ``bbox`` numbers exactly (crowd regions, mask areas for
   APs/m/l, classes without ground truth left out of the mean), and its cost does not grow with the number of
   classes or score thresholds (``benchmarks/evaluator.py`` compares it with COCOeval itself).
 - ``"tfma"``: TFMA's own ``COCOMeanAveragePrecision``, one metric config per reported number, fed with pixel
-  boxes by ``pipelines.metrics.CocoEvalInputsExtractor``. It is configured as its subclass
-  ``pipelines.metrics.BoxMeanAveragePrecision``, whose computations are TFMA's but whose box-matching outputs are
+  boxes by ``maskrcnn_tfx.pipelines.metrics.CocoEvalInputsExtractor``. It is configured as its subclass
+  ``maskrcnn_tfx.pipelines.metrics.BoxMeanAveragePrecision``, whose computations are TFMA's but whose box-matching outputs are
   keyed by model name: TFMA 0.47's own class fails as soon as a baseline model is evaluated too (its
   ``BoundingBoxMatchPreprocessor`` yields bare predictions that its combiner looks up by model name). It is
   COCO's algorithm with these differences
@@ -37,10 +37,10 @@ Box AP comes from one of two implementations (``box_metric``):
     CPU cores it costs about 1 to 1.5 s per eval image and class at 100 score thresholds, and grows with the
     thresholds (about 4.6 s per image and class at 1,000, 38 s at TFMA's default 10,000): 28 eval images of
     80 classes take hours. :func:`tfma_box_metric_cost` gives the estimate, and
-    ``pipelines.config.PipelineConfig.validate`` warns before a run whose estimate is slow.
+    ``maskrcnn_tfx.pipelines.config.PipelineConfig.validate`` warns before a run whose estimate is slow.
 
-Slicing: the overall slice plus, by default, :data:`pipelines.metrics.OBJECT_COUNT` (the number of non-crowd
-objects, bucketed 0, 1, 2-3, 4-7, ...), a feature that ``pipelines.metrics.custom_extractors`` derives.
+Slicing: the overall slice plus, by default, :data:`maskrcnn_tfx.pipelines.metrics.OBJECT_COUNT` (the number of non-crowd
+objects, bucketed 0, 1, 2-3, 4-7, ...), a feature that ``maskrcnn_tfx.pipelines.metrics.custom_extractors`` derives.
 
 Blessing: strict lower bounds on ``mask_ap`` and ``box_ap`` (``min_mask_ap``, ``min_box_ap``: the AP must be
 strictly above the bound, so that with the default 0.001 a model that detects nothing, AP 0.000, is never
@@ -71,7 +71,7 @@ import tensorflow_model_analysis as tfma
 
 from maskrcnn_tfx import signature
 from maskrcnn_tfx.label_map import LabelMap
-from pipelines import metrics
+from maskrcnn_tfx.pipelines import metrics
 
 # The exported model's tf.Example signature (from the TF-free names module: no Model Garden in Beam workers).
 DEFAULT_SIGNATURE = signature.TF_EXAMPLE_SIGNATURE
@@ -163,9 +163,9 @@ def tfma_box_metric_cost(num_classes: int, num_thresholds: int = DEFAULT_BOX_NUM
 def tfma_box_metric_configs(label_map: LabelMap, *, name: str = BOX_AP,
                             num_thresholds: int = DEFAULT_BOX_NUM_THRESHOLDS,
                             max_detections: int = DEFAULT_MAX_DETECTIONS) -> List[tfma.MetricConfig]:
-    """TFMA's ``COCOMeanAveragePrecision`` configs for the names of :func:`pipelines.metrics.metric_names`.
+    """TFMA's ``COCOMeanAveragePrecision`` configs for the names of :func:`maskrcnn_tfx.pipelines.metrics.metric_names`.
 
-    Their inputs are the pixel boxes that ``pipelines.metrics.CocoEvalInputsExtractor`` adds.
+    Their inputs are the pixel boxes that ``maskrcnn_tfx.pipelines.metrics.CocoEvalInputsExtractor`` adds.
     """
     common: Dict[str, Any] = {
         "labels_to_stack": [metrics.GROUNDTRUTH_PIXEL_BOXES],
@@ -191,7 +191,7 @@ def tfma_box_metric_configs(label_map: LabelMap, *, name: str = BOX_AP,
 
 def coco_metric_config(label_map: LabelMap, iou_type: str, *, name: Optional[str] = None,
                        max_detections: int = DEFAULT_MAX_DETECTIONS) -> tfma.MetricConfig:
-    """The config of ``pipelines.metrics.COCOMaskAP`` (``iou_type="segm"``) or ``COCOBoxAP`` (``"bbox"``)."""
+    """The config of ``maskrcnn_tfx.pipelines.metrics.COCOMaskAP`` (``iou_type="segm"``) or ``COCOBoxAP`` (``"bbox"``)."""
     classes = {"segm": metrics.COCOMaskAP, "bbox": metrics.COCOBoxAP}
     if iou_type not in classes:
         raise ValueError(f"iou_type must be one of {sorted(classes)}, not {iou_type!r}")
@@ -244,7 +244,7 @@ def build_eval_config(label_map: LabelMap, *, signature_name: str = DEFAULT_SIGN
       label_map: the data set's classes; every id gets a per-class AP, named by its class name.
       signature_name: the model's signature that takes serialized raw tf.Examples.
       slicing: slices besides the overall one: a feature key, a sequence of keys (their cross) or a
-        ``tfma.SlicingSpec``; features of the raw example or :data:`pipelines.metrics.OBJECT_COUNT`.
+        ``tfma.SlicingSpec``; features of the raw example or :data:`maskrcnn_tfx.pipelines.metrics.OBJECT_COUNT`.
       min_mask_ap: bless only if ``mask_ap`` (overall) is strictly above this; None: no lower bound (the
         pipeline's configuration defaults to :data:`DEFAULT_MIN_AP`).
       min_box_ap: the same for ``box_ap``.

@@ -1,7 +1,7 @@
 """Compiles the pipeline for Kubeflow Pipelines v2 / Vertex AI Pipelines (a pipeline JSON; nothing runs here).
 
 Every component runs in ``config.kubeflow.image`` (built from this repository's Dockerfile), which must hold
-this project so that the custom components, ``trainer.*`` and ``pipelines.metrics`` import.
+this project so that the custom components, ``trainer.*`` and ``maskrcnn_tfx.pipelines.metrics`` import.
 ``pipelines/submit.py`` submits the JSON to a Kubeflow Pipelines endpoint or to Vertex AI. Paths in the
 configuration (data, pipeline root, serving dir, trainer files) must be readable by the cluster: the
 configuration's validation refuses paths on this machine's disk (see ``submit.config_problems``).
@@ -13,8 +13,8 @@ import os
 import maskrcnn_tfx  # noqa: F401  (selects tf_keras before TensorFlow loads)
 from tfx import v1 as tfx
 
-from pipelines.config import PipelineConfig
-from pipelines.pipeline import create_pipeline
+from maskrcnn_tfx.pipelines.config import PipelineConfig
+from maskrcnn_tfx.pipelines.pipeline import create_pipeline
 
 
 def output_file(config: PipelineConfig) -> str:

@@ -10,9 +10,9 @@ import os
 import maskrcnn_tfx  # noqa: F401  (selects tf_keras before TensorFlow loads)
 from tfx import v1 as tfx
 
-from pipelines.config import PipelineConfig
-from pipelines.pipeline import create_pipeline
-from pipelines.run_output import drop_false_warnings
+from maskrcnn_tfx.pipelines.config import PipelineConfig
+from maskrcnn_tfx.pipelines.pipeline import create_pipeline
+from maskrcnn_tfx.pipelines.run_output import drop_false_warnings
 
 
 def run(config: PipelineConfig) -> None:

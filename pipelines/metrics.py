@@ -9,7 +9,7 @@ TFMA 0.47 has COCO box AP (``COCOMeanAveragePrecision``) but nothing for masks. 
 - :class:`COCOBoxAP`: the same for boxes. TFMA's own box AP differs from COCO's on crowd regions, classes that
   have no ground truth, and object areas (see ``pipelines/eval_config.py``); this one does not.
 - :func:`custom_extractors` (the TFX Evaluator's ``custom_extractors`` hook; run it with
-  ``Evaluator(module_path="pipelines.metrics")``): TFMA's default extractors plus :func:`CocoEvalInputsExtractor`,
+  ``Evaluator(module_path="maskrcnn_tfx.pipelines.metrics")``): TFMA's default extractors plus :func:`CocoEvalInputsExtractor`,
   which adds what TFMA's own box metric and the slicing need but the model and the examples do not carry: boxes
   in pixels (COCO's area ranges are in pixels) and an object-count bucket to slice on.
 
@@ -30,7 +30,7 @@ is the number ``COCOeval`` gives on the whole set, at any slicing and any parall
 images and their objects, not with the number of classes (``benchmarks/evaluator.py``).
 
 The predictions may also be stored in the examples as features named like the model's outputs (flat lists):
-``pipelines.eval_config.build_eval_config(..., stored_predictions=True)`` evaluates them without a model.
+``maskrcnn_tfx.pipelines.eval_config.build_eval_config(..., stored_predictions=True)`` evaluates them without a model.
 
 Inputs (see :data:`REQUIRED_FEATURES` and :data:`REQUIRED_OUTPUTS`): the raw example's features (the product's
 example format, ``maskrcnn_tfx.example_format``) and the outputs of the exported model's tf.Example signature
@@ -698,8 +698,8 @@ class COCOMaskAP(_COCOAveragePrecisionBase):
     """COCO mask AP (``COCOeval`` ``segm``): AP, AP50, AP75, APs/m/l and per-class AP, named by
     :func:`metric_names` (default prefix "mask_ap").
 
-    Configure with ``tfma.MetricConfig(class_name="COCOMaskAP", module="pipelines.metrics", config=...)``
-    (``pipelines.eval_config`` does). Reads the example's ``image/object/mask`` PNGs, classes, crowd flags and
+    Configure with ``tfma.MetricConfig(class_name="COCOMaskAP", module="maskrcnn_tfx.pipelines.metrics", config=...)``
+    (``maskrcnn_tfx.pipelines.eval_config`` does). Reads the example's ``image/object/mask`` PNGs, classes, crowd flags and
     areas, and the model's ``detection_*`` outputs (see :data:`REQUIRED_OUTPUTS`).
     """
 
@@ -763,7 +763,7 @@ class BoxMeanAveragePrecision(tfma.metrics.COCOMeanAveragePrecision):
 
     Its box-matching preprocessors are wrapped by :class:`_ModelKeyedPreprocessor` (TFMA 0.47 cannot evaluate its
     own metric on a candidate and a baseline together without it). Configure with
-    ``tfma.MetricConfig(class_name="BoxMeanAveragePrecision", module="pipelines.metrics", config=...)`` and the
+    ``tfma.MetricConfig(class_name="BoxMeanAveragePrecision", module="maskrcnn_tfx.pipelines.metrics", config=...)`` and the
     arguments of ``COCOMeanAveragePrecision``.
     """
 
@@ -840,7 +840,7 @@ def custom_extractors(eval_shared_model: tfma.types.MaybeMultipleEvalSharedModel
                       tensor_adapter_config: Optional[Any] = None) -> List[tfma.extractors.Extractor]:
     """TFMA's default extractors with :func:`CocoEvalInputsExtractor` between unbatching and slicing.
 
-    The TFX Evaluator calls this when given ``module_path="pipelines.metrics"``; with ``tfma.run_model_analysis``
+    The TFX Evaluator calls this when given ``module_path="maskrcnn_tfx.pipelines.metrics"``; with ``tfma.run_model_analysis``
     pass ``extractors=custom_extractors(...)``.
     """
     extractors = tfma.default_extractors(eval_shared_model=eval_shared_model, eval_config=eval_config,

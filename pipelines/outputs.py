@@ -16,13 +16,13 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 from tfx.orchestration import metadata as tfx_metadata
 
-from pipelines.config import PipelineConfig
+from maskrcnn_tfx.pipelines.config import PipelineConfig
 
 _STATE_NAMES = {v: k for k, v in metadata_store_pb2.Execution.State.items()}
 _OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT,
                   metadata_store_pb2.Event.PENDING_OUTPUT)
 _INPUT_EVENTS = (metadata_store_pb2.Event.INPUT, metadata_store_pb2.Event.DECLARED_INPUT)
-# The overall numbers printed after a run (pipelines.metrics names).
+# The overall numbers printed after a run (maskrcnn_tfx.pipelines.metrics names).
 HEADLINE_METRICS = ("mask_ap", "box_ap", "mask_ap50", "box_ap50")
 
 

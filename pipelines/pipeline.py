@@ -16,14 +16,14 @@ import maskrcnn_tfx  # noqa: F401  (selects tf_keras before TensorFlow loads)
 from tfx import v1 as tfx
 from tfx.dsl.components.base import base_node
 
-from components.annotation_validator import AnnotationValidator
-from components.anomalies_gate import AnomaliesGate
+from maskrcnn_tfx.components.annotation_validator import AnnotationValidator
+from maskrcnn_tfx.components.anomalies_gate import AnomaliesGate
 from maskrcnn_tfx.label_map import LabelMap
-from pipelines import eval_config as eval_config_lib
-from pipelines.config import PipelineConfig
+from maskrcnn_tfx.pipelines import eval_config as eval_config_lib
+from maskrcnn_tfx.pipelines.config import PipelineConfig
 
-PREPROCESSING_FN = "trainer.preprocessing.preprocessing_fn"
-RUN_FN = "trainer.task.run_fn"
+PREPROCESSING_FN = "maskrcnn_tfx.trainer.preprocessing.preprocessing_fn"
+RUN_FN = "maskrcnn_tfx.trainer.task.run_fn"
 RESOLVER_ID = "latest_blessed_model_resolver"
 SERVING_SIGNATURE = eval_config_lib.DEFAULT_SIGNATURE
 
@@ -105,7 +105,7 @@ def create_pipeline(config: PipelineConfig, *, validated: bool = False) -> tfx.d
     example_validator = tfx.components.ExampleValidator(statistics=statistics_gen.outputs["statistics"],
                                                         schema=schema_gen.outputs["schema"])
     anomalies_gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"])
-    from trainer import config as trainer_config  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.trainer import config as trainer_config  # pylint: disable=g-import-not-at-top
 
     # Training data is held to the served model's image size limit.
     max_image_pixels = trainer_config.load_config(overrides=config.trainer_custom_config()).export.max_image_pixels

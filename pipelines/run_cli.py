@@ -19,8 +19,8 @@ import logging
 import sys
 from typing import Any, Dict, List
 
-from pipelines import submit
-from pipelines.config import INIT_CHECKPOINT_MODULES, RUNNERS, PipelineConfig, PipelineConfigError
+from maskrcnn_tfx.pipelines import submit
+from maskrcnn_tfx.pipelines.config import INIT_CHECKPOINT_MODULES, RUNNERS, PipelineConfig, PipelineConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -114,7 +114,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipelines import run_output  # pylint: disable=g-import-not-at-top  (light: no TensorFlow)
+    from maskrcnn_tfx.pipelines import run_output  # pylint: disable=g-import-not-at-top  (light: no TensorFlow)
 
     verbose = bool(getattr(args, "verbose", False))
     preamble: List[str] = []
@@ -126,7 +126,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if config.runner == "kubeflow":
-        from pipelines import kubeflow_runner  # pylint: disable=g-import-not-at-top
+        from maskrcnn_tfx.pipelines import kubeflow_runner  # pylint: disable=g-import-not-at-top
 
         path = kubeflow_runner.compile_pipeline(config)
         print(f"Kubeflow V2 pipeline JSON: {path} (image {config.kubeflow.image})")
@@ -145,7 +145,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _run(config: PipelineConfig, verbose: bool = False, preamble: str = "") -> int:
     """Runs the pipeline with a line per component on the terminal and the rest in the run's log file."""
-    from pipelines import run_output  # pylint: disable=g-import-not-at-top  (light: no TensorFlow)
+    from maskrcnn_tfx.pipelines import run_output  # pylint: disable=g-import-not-at-top  (light: no TensorFlow)
 
     log_path = run_output.log_path_for(config.pipeline_root)
     print(f"Running pipeline {config.pipeline_name} ({config.runner} runner); the details go to {log_path}",
@@ -156,12 +156,12 @@ def _run(config: PipelineConfig, verbose: bool = False, preamble: str = "") -> i
     # The runners (TFX, TensorFlow) are imported inside: their start-up messages go to the log too.
     with run_output.RunOutput([], log_path, verbose=verbose, previous=previous, preamble=preamble) as out:
         try:
-            from pipelines import outputs  # pylint: disable=g-import-not-at-top
-            from pipelines.pipeline import create_pipeline  # pylint: disable=g-import-not-at-top
+            from maskrcnn_tfx.pipelines import outputs  # pylint: disable=g-import-not-at-top
+            from maskrcnn_tfx.pipelines.pipeline import create_pipeline  # pylint: disable=g-import-not-at-top
             if config.runner == "beam":
-                from pipelines import beam_runner as runner  # pylint: disable=g-import-not-at-top
+                from maskrcnn_tfx.pipelines import beam_runner as runner  # pylint: disable=g-import-not-at-top
             else:
-                from pipelines import local_runner as runner  # pylint: disable=g-import-not-at-top
+                from maskrcnn_tfx.pipelines import local_runner as runner  # pylint: disable=g-import-not-at-top
             out.set_components([c.id for c in create_pipeline(config, validated=True).components])
             runner.run(config)
         except (Exception, KeyboardInterrupt) as e:  # pylint: disable=broad-except

@@ -25,7 +25,7 @@ import tempfile
 from typing import TYPE_CHECKING, List, Optional
 
 if TYPE_CHECKING:
-    from pipelines.config import PipelineConfig
+    from maskrcnn_tfx.pipelines.config import PipelineConfig
 
 KUBEFLOW = "kubeflow"
 VERTEX = "vertex"

@@ -33,8 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipelines import watcher as watcher_lib  # pylint: disable=g-import-not-at-top
-    from pipelines.config import PipelineConfigError  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.pipelines import watcher as watcher_lib  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.pipelines.config import PipelineConfigError  # pylint: disable=g-import-not-at-top
 
     def log(message: str) -> None:
         print(f"[watch {watcher_lib._now()}] {message}", flush=True)  # pylint: disable=protected-access

@@ -32,7 +32,7 @@ import threading
 import time
 from typing import Callable, List, Optional, Tuple
 
-from pipelines.config import SPAN_TOKEN, PipelineConfig, PipelineConfigError
+from maskrcnn_tfx.pipelines.config import SPAN_TOKEN, PipelineConfig, PipelineConfigError
 
 STATE_FILE = "watch_state.json"
 LOCK_FILE = "watch.lock"

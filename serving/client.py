@@ -1,7 +1,7 @@
 """Clients of the served Mask R-CNN over TF Serving's REST or gRPC API: TF Serving itself or the local server.
 
 ``connect(endpoint, grpc=False, ...)`` gives a client; ``client.detect(images)`` sends encoded JPEG/PNG
-bytes and returns :class:`serving.detections.ImageDetections` per image (full-image masks, boxes in pixels
+bytes and returns :class:`maskrcnn_tfx.serving.detections.ImageDetections` per image (full-image masks, boxes in pixels
 and normalized, class names from the label map). The model name, a version number or a version label, and
 the signature are selectable.
 
@@ -33,14 +33,14 @@ import numpy as np
 
 from maskrcnn_tfx import signature as sig
 from maskrcnn_tfx.label_map import LabelMap, LabelMapError
-from serving import detections as detections_lib
-from serving import rest_codec
+from maskrcnn_tfx.serving import detections as detections_lib
+from maskrcnn_tfx.serving import rest_codec
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_NAME = "maskrcnn"
 DEFAULT_TIMEOUT_SECONDS = 60.0
-LABEL_MAP_FIELD = "label_map"  # the local server's extra metadata field (serving.predictor)
+LABEL_MAP_FIELD = "label_map"  # the local server's extra metadata field (maskrcnn_tfx.serving.predictor)
 _GRPC_MAX_MESSAGE_BYTES = 1 << 30
 
 T = TypeVar("T")

@@ -14,7 +14,7 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from serving import model_config  # pylint: disable=import-outside-toplevel  (no TensorFlow)
+    from maskrcnn_tfx.serving import model_config  # pylint: disable=import-outside-toplevel  (no TensorFlow)
 
     defaults = model_config.BatchingParameters()
     parser.add_argument("--output", required=True, metavar="DIR", help="folder to write both files into")
@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from serving import model_config as mc  # pylint: disable=import-outside-toplevel
+    from maskrcnn_tfx.serving import model_config as mc  # pylint: disable=import-outside-toplevel
 
     try:
         labels = {}

@@ -3,7 +3,7 @@
 
 Requests above ``max_request_bytes`` are refused by gRPC itself (RESOURCE_EXHAUSTED); ``workers`` threads
 answer at most that many calls at once (gRPC's own event loop holds the connections, so an idle or slow one
-costs no thread). Every answered call is counted and logged by the observer (:mod:`serving.observability`).
+costs no thread). Every answered call is counted and logged by the observer (:mod:`maskrcnn_tfx.serving.observability`).
 Classify, Regress and MultiInference answer UNIMPLEMENTED (the model has no such signatures).
 """
 from __future__ import annotations
@@ -19,9 +19,9 @@ from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from maskrcnn_tfx import signature as sig
-from serving.model_store import ServingError
-from serving.observability import Observer, RequestRecord
-from serving.predictor import Predictor
+from maskrcnn_tfx.serving.model_store import ServingError
+from maskrcnn_tfx.serving.observability import Observer, RequestRecord
+from maskrcnn_tfx.serving.predictor import Predictor
 
 log = logging.getLogger(__name__)
 

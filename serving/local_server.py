@@ -3,9 +3,9 @@ folders (``BASE/<integer version>/``), in Python, for machines without ``tensorf
 
 It serves the highest complete version (or what the version policy says), picks up versions the Pusher adds
 while it runs, and keeps serving the loaded ones when a new one fails to load (see
-:mod:`serving.model_store`). It binds 127.0.0.1 unless told otherwise, refuses request bodies above a limit,
+:mod:`maskrcnn_tfx.serving.model_store`). It binds 127.0.0.1 unless told otherwise, refuses request bodies above a limit,
 bounds its open connections, threads and concurrent model calls, closes connections that are too slow, and
-counts its requests for Prometheus (:mod:`serving.observability`). Production runs TF Serving itself (the README's
+counts its requests for Prometheus (:mod:`maskrcnn_tfx.serving.observability`). Production runs TF Serving itself (the README's
 "Serving" section: Docker Compose, Kubernetes); the clients cannot tell the two apart.
 """
 from __future__ import annotations
@@ -14,10 +14,10 @@ import dataclasses
 import logging
 from typing import List, Optional, Sequence
 
-from serving.model_config import ServedModel
-from serving.model_store import ModelRegistry
-from serving.observability import Observer, open_access_log
-from serving.predictor import Predictor
+from maskrcnn_tfx.serving.model_config import ServedModel
+from maskrcnn_tfx.serving.model_store import ModelRegistry
+from maskrcnn_tfx.serving.observability import Observer, open_access_log
+from maskrcnn_tfx.serving.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class LocalServer:
                             store.config.base_path)
         try:
             if opts.rest_port is not None:
-                from serving.rest_server import RestServer  # pylint: disable=import-outside-toplevel
+                from maskrcnn_tfx.serving.rest_server import RestServer  # pylint: disable=import-outside-toplevel
 
                 self._rest = RestServer(
                     (opts.host, opts.rest_port), self.predictor, max_request_bytes=opts.max_request_bytes,
@@ -93,7 +93,7 @@ class LocalServer:
                 self.rest_port = self._rest.server_address[1]
                 log.info("REST API at http://%s:%d/v1/models/", opts.host, self.rest_port)
             if opts.grpc_port is not None:
-                from serving.grpc_server import make_grpc_server  # pylint: disable=import-outside-toplevel
+                from maskrcnn_tfx.serving.grpc_server import make_grpc_server  # pylint: disable=import-outside-toplevel
 
                 host = f"[{opts.host}]" if ":" in opts.host else opts.host
                 self._grpc, self.grpc_port = make_grpc_server(

@@ -21,7 +21,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 from maskrcnn_tfx import label_map as label_map_lib
 from maskrcnn_tfx import signature as sig
-from serving.model_config import ServedModel
+from maskrcnn_tfx.serving.model_config import ServedModel
 
 log = logging.getLogger(__name__)
 

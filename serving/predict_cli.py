@@ -89,8 +89,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"predict: error: {problem}", file=sys.stderr)
         return 2
     from maskrcnn_tfx.label_map import LabelMap, LabelMapError  # pylint: disable=import-outside-toplevel
-    from serving import client as client_lib  # pylint: disable=import-outside-toplevel
-    from serving import detections as detections_lib  # pylint: disable=import-outside-toplevel
+    from maskrcnn_tfx.serving import client as client_lib  # pylint: disable=import-outside-toplevel
+    from maskrcnn_tfx.serving import detections as detections_lib  # pylint: disable=import-outside-toplevel
 
     try:
         image_ids = _image_ids(args.images, args.coco_annotations)

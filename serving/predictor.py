@@ -10,7 +10,7 @@ from typing import Dict, Iterable, Mapping, Optional
 import numpy as np
 
 from maskrcnn_tfx import signature as sig
-from serving.model_store import LoadedVersion, ModelRegistry, ServingError, invalid_argument
+from maskrcnn_tfx.serving.model_store import LoadedVersion, ModelRegistry, ServingError, invalid_argument
 
 SIGNATURE_DEF_FIELD = "signature_def"
 # Not a TF Serving field: the local server also answers the label map exported with the model (its

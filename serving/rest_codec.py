@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from serving.model_store import TensorInfo, invalid_argument
+from maskrcnn_tfx.serving.model_store import TensorInfo, invalid_argument
 
 _NUMPY_DTYPES = {
     "DT_FLOAT": np.float32, "DT_DOUBLE": np.float64, "DT_HALF": np.float16,

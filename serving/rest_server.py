@@ -2,7 +2,7 @@
 
 Routes (TF Serving's): ``GET /v1/models/NAME[/versions/N|/labels/L]`` (model status),
 ``GET .../metadata`` and ``POST ...:predict``; ``GET /monitoring/prometheus/metrics`` (Prometheus,
-:mod:`serving.observability`). Every error is ``{"error": "..."}`` with TF Serving's HTTP status for its code
+:mod:`maskrcnn_tfx.serving.observability`). Every error is ``{"error": "..."}`` with TF Serving's HTTP status for its code
 (400 for a bad request, 404 for an unknown model or version).
 
 One event loop serves every connection, so a connection costs no thread while it is idle or slow:
@@ -32,10 +32,10 @@ from typing import Dict, Optional, Tuple
 
 from aiohttp import web
 
-from serving import rest_codec
-from serving.model_store import ServingError, invalid_argument
-from serving.observability import METRICS_CONTENT_TYPE, METRICS_PATH, Observer, RequestRecord
-from serving.predictor import Predictor
+from maskrcnn_tfx.serving import rest_codec
+from maskrcnn_tfx.serving.model_store import ServingError, invalid_argument
+from maskrcnn_tfx.serving.observability import METRICS_CONTENT_TYPE, METRICS_PATH, Observer, RequestRecord
+from maskrcnn_tfx.serving.predictor import Predictor
 
 log = logging.getLogger(__name__)
 

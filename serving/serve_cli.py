@@ -16,7 +16,7 @@ import threading
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from serving import local_server, model_config  # pylint: disable=import-outside-toplevel  (no TensorFlow)
+    from maskrcnn_tfx.serving import local_server, model_config  # pylint: disable=import-outside-toplevel  (no TensorFlow)
 
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model-base-path", metavar="DIR",
@@ -66,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _models(args):
-    from serving import model_config  # pylint: disable=import-outside-toplevel
+    from maskrcnn_tfx.serving import model_config  # pylint: disable=import-outside-toplevel
 
     if args.model_config_file:
         return model_config.read_model_config(args.model_config_file)
@@ -86,7 +86,7 @@ def _models(args):
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from serving import local_server, model_config  # pylint: disable=import-outside-toplevel
+    from maskrcnn_tfx.serving import local_server, model_config  # pylint: disable=import-outside-toplevel
 
     try:
         models = _models(args)

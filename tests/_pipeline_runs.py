@@ -55,7 +55,7 @@ def make_span(data_root: str, span: int, seed: int, *, num_images: int = NUM_IMA
 
 def base_config(data_root: str, root: str, **evaluation: Any):
     """The runs' configuration: spans under ``data_root``, outputs under ``root``, a 3-step tiny model."""
-    from pipelines.config import PipelineConfig  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.pipelines.config import PipelineConfig  # pylint: disable=g-import-not-at-top
 
     return PipelineConfig.from_dict({
         "pipeline_name": PIPELINE_NAME,
@@ -84,8 +84,8 @@ class Run:
     """One run of the sequence: its configuration, its summary from MLMD and the serving versions after it."""
 
     name: str
-    config: Any  # pipelines.config.PipelineConfig (validated)
-    summary: Any  # pipelines.outputs.RunSummary
+    config: Any  # maskrcnn_tfx.pipelines.config.PipelineConfig (validated)
+    summary: Any  # maskrcnn_tfx.pipelines.outputs.RunSummary
     versions: List[str]
     stdout: str = ""
     exit_code: int = 0
@@ -128,7 +128,7 @@ def run_sequence(work: str) -> LocalPipelineRuns:
     import yaml  # pylint: disable=g-import-not-at-top
 
     from maskrcnn_tfx import cli  # pylint: disable=g-import-not-at-top
-    from pipelines import local_runner, outputs  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.pipelines import local_runner, outputs  # pylint: disable=g-import-not-at-top
 
     data_root = os.path.join(work, "spans")
     make_span(data_root, 1, seed=SPAN_SEEDS[1])

@@ -159,7 +159,7 @@ def start_server(command: List[str], log_path: str) -> subprocess.Popen:
 
 
 def wait_until_serving(rest_port: int, process: subprocess.Popen, model: str, timeout: float = 600) -> None:
-    from serving import client as client_lib  # pylint: disable=import-outside-toplevel
+    from maskrcnn_tfx.serving import client as client_lib  # pylint: disable=import-outside-toplevel
 
     client = client_lib.connect(f"http://127.0.0.1:{rest_port}", model_name=model, timeout=30,
                                 retry=client_lib.RetryPolicy(max_attempts=1))

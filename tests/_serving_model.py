@@ -1,7 +1,7 @@
 """One exported tiny Mask R-CNN for the serving tests and benchmark, made once per process.
 
 The ``tiny`` preset, random-init weights (nothing is downloaded), exported by the product's own
-``trainer.export.export_serving_model`` with the shapes label map. Without a Transform graph the model uses
+``maskrcnn_tfx.trainer.export.export_serving_model`` with the shapes label map. Without a Transform graph the model uses
 ImageNet's pixel statistics: the signatures, assets and warm-up requests are the same as a pipeline's export.
 """
 from __future__ import annotations
@@ -32,9 +32,9 @@ def exported_model_dir() -> str:
     reuse = os.environ.get(REUSE_ENV, "")
     if reuse and os.path.isfile(os.path.join(reuse, "saved_model.pb")):
         return reuse
-    from trainer import config as config_lib  # pylint: disable=import-outside-toplevel
-    from trainer import export  # pylint: disable=import-outside-toplevel
-    from trainer import model as model_lib  # pylint: disable=import-outside-toplevel
+    from maskrcnn_tfx.trainer import config as config_lib  # pylint: disable=import-outside-toplevel
+    from maskrcnn_tfx.trainer import export  # pylint: disable=import-outside-toplevel
+    from maskrcnn_tfx.trainer import model as model_lib  # pylint: disable=import-outside-toplevel
 
     work_dir = tempfile.mkdtemp(prefix="serving_model_")
     atexit.register(shutil.rmtree, work_dir, ignore_errors=True)

@@ -26,8 +26,8 @@ def main(spec_path: str) -> int:
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(int(spec["logical_cpus"]))])
 
-    from trainer import model as model_lib  # pylint: disable=g-import-not-at-top
-    from trainer import train as train_lib  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.trainer import model as model_lib  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.trainer import train as train_lib  # pylint: disable=g-import-not-at-top
 
     result = train_lib.train(spec["config"], spec["train_files"], spec.get("eval_files"), spec["model_dir"],
                              base_model=spec.get("base_model"))

@@ -86,7 +86,7 @@ class KilledAndResumed:
         threading.Thread(target=self._kill_and_restart, daemon=True).start()
 
     def _kill_and_restart(self) -> None:
-        from trainer import train as train_lib  # pylint: disable=g-import-not-at-top
+        from maskrcnn_tfx.trainer import train as train_lib  # pylint: disable=g-import-not-at-top
 
         try:
             deadline = time.monotonic() + TIMEOUT

@@ -13,7 +13,7 @@ import pytest
 
 import _odd_images
 import maskrcnn_tfx  # noqa: F401  (before TensorFlow)
-from components import annotation_checks as checks
+from maskrcnn_tfx.components import annotation_checks as checks
 from maskrcnn_tfx import example_format as ef
 from maskrcnn_tfx.data import shapes
 from maskrcnn_tfx.data.convert import convert_coco
@@ -290,7 +290,7 @@ def _examples_artifact(root: str, splits: Dict[str, List[bytes]], gzip: bool = T
 
 
 def _run_executor(root: str, examples, label_map_path: str, **exec_properties):
-    from components import annotation_validator as av  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.components import annotation_validator as av  # pylint: disable=g-import-not-at-top
     from tfx.dsl.components.base import base_beam_executor  # pylint: disable=g-import-not-at-top
     from tfx.utils import json_utils  # pylint: disable=g-import-not-at-top
 
@@ -317,7 +317,7 @@ def bad_records(base_example) -> List[bytes]:
 
 
 def test_executor_passes_clean_data(tmp_path, shapes_data, train_records, eval_records):
-    from components import annotation_validator as av  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.components import annotation_validator as av  # pylint: disable=g-import-not-at-top
 
     examples = _examples_artifact(str(tmp_path), {"train": train_records, "eval": eval_records})
     # The label map may be named by the converter's output directory.
@@ -342,7 +342,7 @@ def test_executor_passes_clean_data(tmp_path, shapes_data, train_records, eval_r
 
 def test_executor_reports_and_fails_on_bad_data(tmp_path, shapes_data, train_records, eval_records, bad_records,
                                                 base_example):
-    from components import annotation_validator as av  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.components import annotation_validator as av  # pylint: disable=g-import-not-at-top
 
     examples = _examples_artifact(str(tmp_path), {"train": train_records + bad_records, "eval": eval_records})
     anomalies, error = _run_executor(str(tmp_path), examples, os.path.join(shapes_data, "label_map.json"))
@@ -374,7 +374,7 @@ def test_executor_reports_and_fails_on_bad_data(tmp_path, shapes_data, train_rec
 
 
 def test_listed_records_are_capped_but_counts_whole(tmp_path, shapes_data, base_example):
-    from components import annotation_validator as av  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.components import annotation_validator as av  # pylint: disable=g-import-not-at-top
 
     bad = [_box(dataclasses.replace(base_example, source_id=1000 + i), 0, xmax=2.0) for i in range(30)]
     examples = _examples_artifact(str(tmp_path), {"train": bad})
@@ -387,7 +387,7 @@ def test_listed_records_are_capped_but_counts_whole(tmp_path, shapes_data, base_
 
 
 def test_fail_on_error_off_and_exclude_splits(tmp_path, shapes_data, train_records, eval_records, bad_records):
-    from components import annotation_validator as av  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.components import annotation_validator as av  # pylint: disable=g-import-not-at-top
 
     examples = _examples_artifact(str(tmp_path / "a"), {"train": eval_records + bad_records, "eval": eval_records})
     anomalies, error = _run_executor(str(tmp_path / "a"), examples, shapes_data, fail_on_error=False)
@@ -403,7 +403,7 @@ def test_fail_on_error_off_and_exclude_splits(tmp_path, shapes_data, train_recor
 
 
 def test_uncompressed_files_without_suffix_are_read(tmp_path, shapes_data, eval_records, bad_records):
-    from components import annotation_validator as av  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.components import annotation_validator as av  # pylint: disable=g-import-not-at-top
 
     examples = _examples_artifact(str(tmp_path), {"train": eval_records + bad_records[:1]}, gzip=False)
     # A second file in the split, GZIP'd but without a .gz suffix: compression is sniffed from its bytes.
@@ -415,8 +415,8 @@ def test_uncompressed_files_without_suffix_are_read(tmp_path, shapes_data, eval_
 
 
 def test_component_wiring():
-    from components import AnnotationValidator  # pylint: disable=g-import-not-at-top
-    from components import annotation_validator as av  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.components import AnnotationValidator  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.components import annotation_validator as av  # pylint: disable=g-import-not-at-top
     from tfx import v1 as tfx  # pylint: disable=g-import-not-at-top
 
     examples = tfx.dsl.Channel(type=tfx.types.standard_artifacts.Examples)
@@ -438,7 +438,7 @@ def test_component_wiring():
 
 
 def _run_pipeline(root: str, data_dir: str, label_map_path: str) -> None:
-    from components import AnnotationValidator  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.components import AnnotationValidator  # pylint: disable=g-import-not-at-top
     from tfx import v1 as tfx  # pylint: disable=g-import-not-at-top
 
     example_gen = tfx.components.ImportExampleGen(
@@ -459,7 +459,7 @@ def _run_pipeline(root: str, data_dir: str, label_map_path: str) -> None:
 
 @pytest.mark.slow
 def test_pipeline_passes_good_data_and_stops_on_bad(tmp_path, shapes_data, base_example):
-    from components import annotation_validator as av  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.components import annotation_validator as av  # pylint: disable=g-import-not-at-top
 
     label_map_path = os.path.join(shapes_data, "label_map.json")
     _run_pipeline(str(tmp_path / "good"), shapes_data, label_map_path)

@@ -34,8 +34,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def coco128_run(coco128_dir, tmp_path_factory):
     """coco128 converted, then one run of the local pipeline; returns (config, run summary, data folder)."""
     from maskrcnn_tfx.data.convert import convert_coco
-    from pipelines import local_runner, outputs
-    from pipelines.config import PipelineConfig
+    from maskrcnn_tfx.pipelines import local_runner, outputs
+    from maskrcnn_tfx.pipelines.config import PipelineConfig
 
     work = str(tmp_path_factory.mktemp("coco128_pipeline"))
     data = os.path.join(work, "data")
@@ -71,7 +71,7 @@ def _eval_examples(data):
 
 
 def test_every_component_runs_and_the_model_is_pushed(coco128_run):
-    from pipelines.pipeline import COMPONENT_IDS
+    from maskrcnn_tfx.pipelines.pipeline import COMPONENT_IDS
 
     config, run, _ = coco128_run
     expected = [c for c in COMPONENT_IDS if c not in ("InfraValidator", "latest_blessed_model_resolver")]
@@ -87,8 +87,8 @@ def test_one_photo_served_by_the_local_server(coco128_run):
     import tensorflow as tf
 
     from maskrcnn_tfx.label_map import LabelMap
-    from serving import client as client_lib
-    from serving.local_server import LocalServer, ServerOptions, single_model
+    from maskrcnn_tfx.serving import client as client_lib
+    from maskrcnn_tfx.serving.local_server import LocalServer, ServerOptions, single_model
 
     config, run, data = coco128_run
     photo = next(e for e in _eval_examples(data) if e.height != e.width)  # a real photo, not square

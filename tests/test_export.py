@@ -18,9 +18,9 @@ from PIL import Image
 
 from maskrcnn_tfx import example_format as ef
 from maskrcnn_tfx.label_map import LabelMap
-from trainer import config as config_lib
-from trainer import export
-from trainer import preprocessing
+from maskrcnn_tfx.trainer import config as config_lib
+from maskrcnn_tfx.trainer import export
+from maskrcnn_tfx.trainer import preprocessing
 
 LABEL_MAP = LabelMap.from_pairs([(1, "square"), (2, "circle"), (3, "triangle")])
 # (height, width, format): a mixed batch, neither size the model's input size (128).
@@ -122,7 +122,7 @@ def transform(raw_examples, work_dir):
 def model(experiment):
     """The tiny random-init Mask R-CNN as the trainer builds it: built through Keras, like a trained model
     (whose Keras object cannot be saved as it is: the export must go through a fresh inference copy)."""
-    from trainer import model as model_lib
+    from maskrcnn_tfx.trainer import model as model_lib
 
     # Seeded: the tests compare two exports of this random-init model (the bfloat16 one's detections matched
     # against the float32 one's), so its weights, and with them the result, are the same on every run.
@@ -263,7 +263,7 @@ def test_warmup_requests_parse_and_run(loaded, exported, raw_examples):
 def test_serving_preprocessing_equals_the_training_input_path(loaded, experiment, transform, raw_examples):
     """Model Garden's decoder + eval Parser + renormalize_image with the Transform's statistics (the trainer's
     input path) and the exported model's own preprocessing feed the model the same image."""
-    from trainer import input as input_lib
+    from maskrcnn_tfx.trainer import input as input_lib
     from official.vision.dataloaders import tf_example_decoder
 
     _, transformed_examples = transform
@@ -359,7 +359,7 @@ def test_transform_graph_statistics_with_a_variable_length_image_feature(experim
 def test_without_transform_serving_preprocessing_is_model_gardens(experiment, raw_examples):
     """No Transform graph: ImageNet statistics, so the image is exactly what Model Garden's eval Parser gives."""
     from official.vision.dataloaders import tf_example_decoder
-    from trainer import input as input_lib
+    from maskrcnn_tfx.trainer import input as input_lib
 
     module = _preprocessing_module(experiment)
     mean, std = module.pixel_statistics(tf.constant([raw_examples[0].encoded]))

@@ -6,10 +6,10 @@ import os
 import pytest
 
 from maskrcnn_tfx.label_map import LabelMap
-from pipelines import config as pipeline_config
-from pipelines import run_cli
-from trainer import config as config_lib
-from trainer import model as model_lib
+from maskrcnn_tfx.pipelines import config as pipeline_config
+from maskrcnn_tfx.pipelines import run_cli
+from maskrcnn_tfx.trainer import config as config_lib
+from maskrcnn_tfx.trainer import model as model_lib
 
 
 @pytest.fixture()

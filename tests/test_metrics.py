@@ -25,8 +25,8 @@ import maskrcnn_tfx  # noqa: F401  (before TensorFlow/TFMA)
 from maskrcnn_tfx import example_format as ef
 from maskrcnn_tfx import masks as mask_utils
 from maskrcnn_tfx.label_map import LabelMap
-from pipelines import eval_config as eval_config_lib
-from pipelines import metrics
+from maskrcnn_tfx.pipelines import eval_config as eval_config_lib
+from maskrcnn_tfx.pipelines import metrics
 
 LABEL_MAP = LabelMap.from_dict({1: "square", 2: "circle", 4: "triangle"})
 MASK_SIZE = 28
@@ -359,7 +359,7 @@ def _write_examples(images: Sequence[FixtureImage], path: str) -> str:
 
 
 def _run_tfma(eval_config, model_dirs: Dict[str, str], data_path: str, output_path: str, schema=None):
-    """Runs TFMA as the TFX Evaluator does: with pipelines.metrics.custom_extractors and, given a schema,
+    """Runs TFMA as the TFX Evaluator does: with maskrcnn_tfx.pipelines.metrics.custom_extractors and, given a schema,
     the features decoded by it."""
     import tensorflow_model_analysis as tfma
     from tfx_bsl.tfxio import tensor_adapter, tf_example_record
@@ -622,7 +622,7 @@ def test_eval_config_reports_every_coco_number():
     # TFMA's COCOMeanAveragePrecision, through its subclass that also evaluates with a baseline.
     assert issubclass(metrics.BoxMeanAveragePrecision, tfma.metrics.COCOMeanAveragePrecision)
     box_configs = [m for m in config.metrics_specs[0].metrics if m.class_name == "BoxMeanAveragePrecision"]
-    assert {m.module for m in box_configs} == {"pipelines.metrics"}
+    assert {m.module for m in box_configs} == {"maskrcnn_tfx.pipelines.metrics"}
     assert {json.loads(m.config)["name"] for m in box_configs} == expected_names
     by_name = {json.loads(m.config)["name"]: json.loads(m.config) for m in box_configs}
     assert by_name["box_ap_small"]["area_range"] == [0.0, 1024.0]
@@ -630,7 +630,7 @@ def test_eval_config_reports_every_coco_number():
     assert by_name["box_ap/triangle"]["class_ids"] == [4]
     assert by_name["box_ap"]["labels_to_stack"] == [metrics.GROUNDTRUTH_PIXEL_BOXES]
     mask = [m for m in config.metrics_specs[0].metrics if m.class_name == "COCOMaskAP"]
-    assert len(mask) == 1 and mask[0].module == "pipelines.metrics"
+    assert len(mask) == 1 and mask[0].module == "maskrcnn_tfx.pipelines.metrics"
     assert [list(s.feature_keys) for s in config.slicing_specs] == [[], [metrics.OBJECT_COUNT]]
     assert config.model_specs[0].signature_name == eval_config_lib.DEFAULT_SIGNATURE
     assert len(config.model_specs) == 1
@@ -690,7 +690,7 @@ def test_tfma_box_metric_with_a_baseline_keys_box_matches_by_model():
 
 
 def test_default_signature_is_the_exported_tf_example_signature():
-    export = pytest.importorskip("trainer.export")
+    export = pytest.importorskip("maskrcnn_tfx.trainer.export")
     assert eval_config_lib.DEFAULT_SIGNATURE == export.TF_EXAMPLE_SIGNATURE
     assert set(metrics.REQUIRED_OUTPUTS["mask"]) <= set(export.OUTPUT_KEYS)
 
@@ -801,7 +801,7 @@ def test_lower_bounds_are_strict_and_the_default_blesses_no_model_without_ap():
     import tensorflow_model_analysis as tfma
     from tfx.utils import proto_utils
 
-    from pipelines.config import EvaluationConfig
+    from maskrcnn_tfx.pipelines.config import EvaluationConfig
 
     default = EvaluationConfig()
     assert default.box_metric == eval_config_lib.DEFAULT_BOX_METRIC == "pycocotools"
@@ -843,7 +843,7 @@ def test_a_slow_tfma_box_metric_configuration_is_warned_about_before_the_run(tmp
 
     from tensorflow_model_analysis.metrics import metric_specs
 
-    from pipelines.config import PipelineConfig
+    from maskrcnn_tfx.pipelines.config import PipelineConfig
 
     # The estimate's count is TFMA's: one box matching per (class, IoU threshold, area range), plus the mask AP.
     computations = metric_specs.to_computations(eval_config_lib.build_eval_config(LABEL_MAP, box_metric="tfma")
@@ -861,10 +861,10 @@ def test_a_slow_tfma_box_metric_configuration_is_warned_about_before_the_run(tmp
 
     def warnings_of(evaluation):
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="pipelines.config"):
+        with caplog.at_level(logging.WARNING, logger="maskrcnn_tfx.pipelines.config"):
             PipelineConfig.from_dict({"pipeline_root": str(tmp_path / "root"), "data": {"root": data},
                                       "evaluation": evaluation}).validate()
-        return [r.getMessage() for r in caplog.records if r.name == "pipelines.config"]
+        return [r.getMessage() for r in caplog.records if r.name == "maskrcnn_tfx.pipelines.config"]
 
     [message] = warnings_of({"box_metric": "tfma", "box_num_thresholds": 100})
     assert "3,201 Beam computations" in message and "80 classes" in message
@@ -906,8 +906,8 @@ def test_stored_predictions_match_cocoeval_and_the_summary_says_why_a_model_is_n
                                                                                            tmp_path):
     import tensorflow_model_analysis as tfma
 
-    from pipelines import outputs
-    from pipelines.config import EvaluationConfig
+    from maskrcnn_tfx.pipelines import outputs
+    from maskrcnn_tfx.pipelines.config import EvaluationConfig
 
     default = EvaluationConfig()
     bounds = {"min_mask_ap": default.min_mask_ap, "min_box_ap": default.min_box_ap}

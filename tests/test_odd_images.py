@@ -20,7 +20,7 @@ import _odd_images
 import maskrcnn_tfx  # noqa: F401  (before TensorFlow)
 import tensorflow as tf
 
-from components import annotation_checks as checks
+from maskrcnn_tfx.components import annotation_checks as checks
 from maskrcnn_tfx import example_format as ef
 from maskrcnn_tfx import images as images_lib
 from maskrcnn_tfx.data.convert import ConversionError, convert_coco
@@ -233,7 +233,7 @@ def test_validator_explains_a_size_swapped_by_exif_orientation(converted):
 
 @pytest.fixture(scope="module")
 def experiment():
-    from trainer import config as config_lib
+    from maskrcnn_tfx.trainer import config as config_lib
 
     return config_lib.to_experiment_config(config_lib.load_config("tiny"), LABEL_MAP)
 
@@ -241,7 +241,7 @@ def experiment():
 def _serving_module(experiment, max_image_pixels=images_lib.DEFAULT_MAX_IMAGE_PIXELS):
     """The serving module around a placeholder model: its preprocessing runs without an export."""
     import tf_keras
-    from trainer import export
+    from maskrcnn_tfx.trainer import export
 
     return export.MaskRCNNServingModule(experiment.replace(), tf_keras.Sequential(), LABEL_MAP, __file__,
                                         max_image_pixels=max_image_pixels)
@@ -251,7 +251,7 @@ def test_training_input_and_serving_see_the_same_pixels_of_odd_images(converted,
     """Model Garden's decoder and eval Parser (training) and the serving preprocessing give the same image for
     every odd record: the same stored grid (EXIF ignored by both), the same channels."""
     from official.vision.dataloaders import tf_example_decoder
-    from trainer import input as input_lib
+    from maskrcnn_tfx.trainer import input as input_lib
 
     _, records = converted
     parse = input_lib.build_parser(experiment.task, experiment.task.validation_data).parse_fn(is_training=False)

@@ -157,7 +157,7 @@ def _bad_record(data_dir: str) -> tuple:
 
 
 def _assert_stopped_before_training(config) -> None:
-    from pipelines import outputs  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.pipelines import outputs  # pylint: disable=g-import-not-at-top
 
     summary = outputs.latest_run(config.validate())
     for component_id in ("Transform", "Trainer", "Evaluator", "Pusher"):
@@ -168,9 +168,9 @@ def _assert_stopped_before_training(config) -> None:
 def test_bad_record_stops_at_validation_and_is_named(tmp_path, small_data):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-    from components import annotation_validator as av  # pylint: disable=g-import-not-at-top
-    from pipelines import local_runner  # pylint: disable=g-import-not-at-top
-    from pipelines.config import PipelineConfig  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.components import annotation_validator as av  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.pipelines import local_runner  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.pipelines.config import PipelineConfig  # pylint: disable=g-import-not-at-top
 
     data = str(tmp_path / "data")
     shutil.copytree(small_data, data)
@@ -197,8 +197,8 @@ def test_schema_anomaly_stops_at_the_gate(tmp_path, small_data, capsys):
 
     from maskrcnn_tfx import cli  # pylint: disable=g-import-not-at-top
     from maskrcnn_tfx import example_format as ef  # pylint: disable=g-import-not-at-top
-    from pipelines.config import PipelineConfig  # pylint: disable=g-import-not-at-top
-    from trainer.preprocessing import raw_schema  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.pipelines.config import PipelineConfig  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.trainer.preprocessing import raw_schema  # pylint: disable=g-import-not-at-top
 
     # A curated schema that allows only JPEG images: the PNG shapes break it.
     schema: schema_pb2.Schema = raw_schema()

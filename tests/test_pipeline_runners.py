@@ -32,7 +32,7 @@ def shapes_data(tmp_path_factory) -> str:
 def _args(*argv: str):
     import argparse  # pylint: disable=g-import-not-at-top
 
-    from pipelines import run_cli  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.pipelines import run_cli  # pylint: disable=g-import-not-at-top
 
     parser = argparse.ArgumentParser()
     run_cli.add_arguments(parser)
@@ -40,7 +40,7 @@ def _args(*argv: str):
 
 
 def test_yaml_and_flags_merge_and_resolve_defaults(tmp_path, shapes_data):
-    from pipelines import run_cli  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.pipelines import run_cli  # pylint: disable=g-import-not-at-top
 
     config_file = tmp_path / "pipeline.yaml"
     config_file.write_text("pipeline_name: shapes\n"
@@ -61,7 +61,7 @@ def test_yaml_and_flags_merge_and_resolve_defaults(tmp_path, shapes_data):
 
 
 def test_invalid_configuration_lists_every_problem(tmp_path, shapes_data):
-    from pipelines.config import PipelineConfig, PipelineConfigError  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.pipelines.config import PipelineConfig, PipelineConfigError  # pylint: disable=g-import-not-at-top
 
     with pytest.raises(PipelineConfigError, match="unknown field 'trainer.stepz'"):
         PipelineConfig.from_dict({"trainer": {"stepz": 3}})
@@ -94,8 +94,8 @@ def test_cli_reports_configuration_errors(tmp_path, capsys):
 
 
 def test_factory_wires_every_component(tmp_path, shapes_data):
-    from pipelines.config import PipelineConfig  # pylint: disable=g-import-not-at-top
-    from pipelines.pipeline import create_pipeline  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.pipelines.config import PipelineConfig  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.pipelines.pipeline import create_pipeline  # pylint: disable=g-import-not-at-top
 
     base = {"pipeline_root": str(tmp_path), "data": {"root": shapes_data}}
     ids = {c.id for c in create_pipeline(PipelineConfig.from_dict(base)).components}
@@ -121,9 +121,9 @@ def test_factory_wires_every_component(tmp_path, shapes_data):
 
 def test_trainer_evaluates_only_when_asked(tmp_path, shapes_data):
     """The Evaluator computes COCO AP on the eval split: by default the Trainer does not repeat it."""
-    from pipelines.config import PipelineConfig  # pylint: disable=g-import-not-at-top
-    from pipelines.pipeline import create_pipeline  # pylint: disable=g-import-not-at-top
-    from trainer import task  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.pipelines.config import PipelineConfig  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.pipelines.pipeline import create_pipeline  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.trainer import task  # pylint: disable=g-import-not-at-top
 
     def trainer_of(**fields):
         config = PipelineConfig.from_dict(dict({"pipeline_root": str(tmp_path), "data": {"root": shapes_data}},
@@ -143,8 +143,8 @@ def test_default_thresholds_let_a_first_run_be_blessed(tmp_path, shapes_data):
     import tensorflow_model_analysis as tfma  # pylint: disable=g-import-not-at-top
     from tfx.utils import proto_utils  # pylint: disable=g-import-not-at-top
 
-    from pipelines.config import PipelineConfig  # pylint: disable=g-import-not-at-top
-    from pipelines.pipeline import create_pipeline  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.pipelines.config import PipelineConfig  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.pipelines.pipeline import create_pipeline  # pylint: disable=g-import-not-at-top
 
     def first_run_thresholds(evaluation):
         config = PipelineConfig.from_dict({"pipeline_root": str(tmp_path), "data": {"root": shapes_data},
@@ -159,7 +159,7 @@ def test_default_thresholds_let_a_first_run_be_blessed(tmp_path, shapes_data):
     defaults = first_run_thresholds({})
     assert {key.name for key in defaults} == {"mask_ap", "box_ap"}
     # The default bounds are strict: AP must be above 0.001, so a model that detects nothing is not blessed.
-    from pipelines import eval_config as eval_config_lib  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.pipelines import eval_config as eval_config_lib  # pylint: disable=g-import-not-at-top
     for pairs in defaults.values():
         assert {threshold.lower_bound.value for _, threshold in pairs} == {
             eval_config_lib.strict_lower_bound(eval_config_lib.DEFAULT_MIN_AP)}
@@ -175,8 +175,8 @@ def _beam_args_by_component(pipeline):
 
 
 def test_beam_args_reach_every_beam_component(tmp_path, shapes_data):
-    from pipelines import run_cli  # pylint: disable=g-import-not-at-top
-    from pipelines.pipeline import create_pipeline  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.pipelines import run_cli  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.pipelines.pipeline import create_pipeline  # pylint: disable=g-import-not-at-top
 
     common = ("--data", shapes_data, "--pipeline-root", str(tmp_path / "root"))
     # The Beam runner's default: Beam's DirectRunner in one worker process per core.
@@ -245,7 +245,7 @@ def test_kubeflow_compile_names_components_image_and_parameters(tmp_path, shapes
     text = output.read_text()
     assert '\\"num_steps\\": 1234' in text
     assert '\\"lower_bound\\": 0.375' in text
-    assert "gs://bucket/serving" in text and "trainer.task.run_fn" in text
+    assert "gs://bucket/serving" in text and "maskrcnn_tfx.trainer.task.run_fn" in text
 
 
 def test_dockerfile_builds_on_tfx_with_the_constraints():

@@ -10,7 +10,7 @@ import tensorflow as tf
 from PIL import Image
 
 from maskrcnn_tfx import example_format as ef
-from trainer import preprocessing
+from maskrcnn_tfx.trainer import preprocessing
 
 
 def _encode(image: np.ndarray, image_format: str) -> bytes:

@@ -117,7 +117,7 @@ def report(local_pipeline, tmp_path_factory) -> BuiltReport:
 
 @pytest.mark.slow
 def test_every_run_is_listed_in_order_by_the_metadata(local_pipeline):
-    from pipelines import outputs
+    from maskrcnn_tfx.pipelines import outputs
     from maskrcnn_tfx.report import runs
 
     config = runs.open_pipeline(local_pipeline.pipeline_root)
@@ -406,12 +406,12 @@ def failed_validation_run(tmp_path_factory):
     """A pipeline whose AnnotationValidator rejects one record (a box outside its image): the run stops."""
     import tensorflow as tf
 
-    from components import annotation_validator as av
+    from maskrcnn_tfx.components import annotation_validator as av
     from maskrcnn_tfx import example_format as ef
     from maskrcnn_tfx.data.convert import convert_coco
     from maskrcnn_tfx.data.shapes import generate_shapes
-    from pipelines import local_runner
-    from pipelines.config import PipelineConfig
+    from maskrcnn_tfx.pipelines import local_runner
+    from maskrcnn_tfx.pipelines.config import PipelineConfig
 
     root = str(tmp_path_factory.mktemp("failed_validation"))
     annotations = generate_shapes(os.path.join(root, "raw"), num_images=10, image_size=64, seed=5)

@@ -1,4 +1,4 @@
-"""The precision-recall curves the COCO metrics report (``pipelines.metrics.pr_curves_name``), which the report
+"""The precision-recall curves the COCO metrics report (``maskrcnn_tfx.pipelines.metrics.pr_curves_name``), which the report
 draws: they are COCOeval's own ``eval["precision"]`` and the AP numbers are their means.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 
 import maskrcnn_tfx  # noqa: F401  (before TensorFlow/TFMA)
 from maskrcnn_tfx import example_format as ef
-from pipelines import metrics
+from maskrcnn_tfx.pipelines import metrics
 
 CLASS_IDS = [1, 2, 5]  # 5 has no ground truth: its curves are undefined, and it is left out of the mean
 SIZE = 100

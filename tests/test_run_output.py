@@ -15,7 +15,7 @@ import warnings
 from absl import logging as absl_logging
 
 from maskrcnn_tfx import progress
-from pipelines import run_output
+from maskrcnn_tfx.pipelines import run_output
 
 IDS = ["ImportExampleGen", "StatisticsGen", "Trainer", "Pusher"]
 

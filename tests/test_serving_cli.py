@@ -11,7 +11,7 @@ import portpicker
 import pytest
 
 import _serving_model as served
-from serving import client as client_lib
+from maskrcnn_tfx.serving import client as client_lib
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +53,7 @@ def test_serve_command_late_start_retries_loopback_only_and_sigterm(tmp_path, ca
         threading.Thread(target=ask, args=("grpc", lambda: client_lib.connect(
             f"127.0.0.1:{grpc_port}", use_grpc=True, model_name=served.MODEL_NAME, retry=patient, timeout=120))),
     ]
-    caplog.set_level(logging.WARNING, logger="serving.client")
+    caplog.set_level(logging.WARNING, logger="maskrcnn_tfx.serving.client")
     # The clients start first: nothing listens yet, and the server's start (TensorFlow, loading the model)
     # takes a while.
     for t in clients:

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from maskrcnn_tfx import cli
-from serving import model_config as mc
+from maskrcnn_tfx.serving import model_config as mc
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERVING = os.path.join(REPO, "serving")
@@ -159,7 +159,7 @@ def test_kubernetes_manifests_fit_together_and_the_config():
 
 
 def test_serve_reads_the_same_models_config(tmp_path):
-    from serving import serve_cli
+    from maskrcnn_tfx.serving import serve_cli
 
     models = [mc.ServedModel("maskrcnn", str(tmp_path / "base"), mc.VersionPolicy("latest", num_versions=2),
                              {"stable": 5})]
@@ -187,8 +187,8 @@ def test_help_and_the_rest_client_load_no_tensorflow():
             "        cli.main([command, '--help'])\n"
             "    except SystemExit:\n"
             "        pass\n"
-            "import serving.client, serving.detections, serving.rest_codec\n"
-            "serving.client.connect('http://127.0.0.1:1')\n"
+            "import maskrcnn_tfx.serving.client, maskrcnn_tfx.serving.detections, maskrcnn_tfx.serving.rest_codec\n"
+            "maskrcnn_tfx.serving.client.connect('http://127.0.0.1:1')\n"
             "print('loaded:', sorted(m for m in ('tensorflow', 'grpc') if m in sys.modules))\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert result.stdout.strip().endswith("loaded: []"), result.stdout[-500:]

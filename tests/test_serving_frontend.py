@@ -1,4 +1,4 @@
-"""The REST front end (serving.rest_server on aiohttp) over real sockets on 127.0.0.1, without a model: slow
+"""The REST front end (maskrcnn_tfx.serving.rest_server on aiohttp) over real sockets on 127.0.0.1, without a model: slow
 and silent clients cannot starve it, every connection past the limit gets a 503, malformed JSON of any depth
 is a 400, and the Prometheus metrics and the access log account for every request.
 
@@ -14,12 +14,12 @@ import time
 import portpicker
 import pytest
 
-from serving import client as client_lib
-from serving.model_config import ServedModel
-from serving.model_store import ModelRegistry
-from serving.observability import METRICS_PATH, Observer, open_access_log
-from serving.predictor import Predictor
-from serving.rest_server import RestServer
+from maskrcnn_tfx.serving import client as client_lib
+from maskrcnn_tfx.serving.model_config import ServedModel
+from maskrcnn_tfx.serving.model_store import ModelRegistry
+from maskrcnn_tfx.serving.observability import METRICS_PATH, Observer, open_access_log
+from maskrcnn_tfx.serving.predictor import Predictor
+from maskrcnn_tfx.serving.rest_server import RestServer
 
 MODEL = "m"
 HEADER_TIMEOUT, BODY_TIMEOUT, IDLE_TIMEOUT = 1.0, 1.0, 30.0

@@ -17,7 +17,7 @@ import pytest
 
 import _serving_load as load
 import _serving_model as served
-from serving import client as client_lib
+from maskrcnn_tfx.serving import client as client_lib
 
 pytestmark = pytest.mark.slow
 
@@ -215,7 +215,7 @@ def test_sigterm_during_a_stream_loses_no_request_and_retries_carry_it_through_a
     command = load.serve_command(base_dir, served.MODEL_NAME, rest_port, grpc_port)
     # Enough attempts to outlast a restart (TensorFlow's import and the model's load) on a loaded machine.
     patient = client_lib.RetryPolicy(max_attempts=200, initial_backoff=0.2, max_backoff=2.0)
-    caplog.set_level(logging.WARNING, logger="serving.client")
+    caplog.set_level(logging.WARNING, logger="maskrcnn_tfx.serving.client")
     first = load.start_server(command, str(tmp_path / "first.log"))
     load.wait_until_serving(rest_port, first, served.MODEL_NAME)
     phase = {"value": "first"}

@@ -10,10 +10,10 @@ import numpy as np
 import portpicker
 import pytest
 
-from serving import client as client_lib
-from serving import rest_codec
-from serving.model_store import ServingError, TensorInfo
-from serving.rest_server import parse_path
+from maskrcnn_tfx.serving import client as client_lib
+from maskrcnn_tfx.serving import rest_codec
+from maskrcnn_tfx.serving.model_store import ServingError, TensorInfo
+from maskrcnn_tfx.serving.rest_server import parse_path
 
 IMAGES = {"images": TensorInfo("images", "DT_STRING", (-1,))}
 TWO_INPUTS = {"images": TensorInfo("images", "DT_STRING", (-1,)), "scale": TensorInfo("scale", "DT_FLOAT", (-1,))}

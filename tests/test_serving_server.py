@@ -25,10 +25,10 @@ import maskrcnn_tfx  # noqa: F401
 from maskrcnn_tfx import cli
 from maskrcnn_tfx import masks as masks_lib
 from maskrcnn_tfx import signature as sig
-from serving import client as client_lib
-from serving import detections as detections_lib
-from serving.local_server import LocalServer, ServerOptions
-from serving.model_config import ServedModel, VersionPolicy
+from maskrcnn_tfx.serving import client as client_lib
+from maskrcnn_tfx.serving import detections as detections_lib
+from maskrcnn_tfx.serving.local_server import LocalServer, ServerOptions
+from maskrcnn_tfx.serving.model_config import ServedModel, VersionPolicy
 
 pytestmark = pytest.mark.slow
 

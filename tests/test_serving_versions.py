@@ -1,4 +1,4 @@
-"""Version discovery of the local server (serving.model_store) on real folders, with the SavedModel loading
+"""Version discovery of the local server (maskrcnn_tfx.serving.model_store) on real folders, with the SavedModel loading
 replaced by a recorder (the loading itself is covered by test_serving_server.py)."""
 import os
 import time
@@ -6,8 +6,8 @@ import time
 import pytest
 
 from maskrcnn_tfx import signature as sig
-from serving import model_store
-from serving.model_config import ServedModel, VersionPolicy
+from maskrcnn_tfx.serving import model_store
+from maskrcnn_tfx.serving.model_config import ServedModel, VersionPolicy
 
 
 class _Loads(list):

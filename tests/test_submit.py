@@ -313,7 +313,7 @@ def test_kfp_refusal_is_reported(tmp_path, data, capsys):
 
 
 def test_vertex_unreachable_is_reported(tmp_path, data, compiled, vertex_state):
-    from pipelines import submit  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.pipelines import submit  # pylint: disable=g-import-not-at-top
 
     with _serving(vertex_route) as server:
         config = _vertex_config(server, tmp_path, data)
@@ -350,8 +350,8 @@ def test_local_paths_are_refused_with_what_to_use(tmp_path, data, capsys):
 
 
 def test_schedule_options_are_checked(tmp_path, data):
-    from pipelines import submit  # pylint: disable=g-import-not-at-top
-    from pipelines.config import PipelineConfig, PipelineConfigError  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.pipelines import submit  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.pipelines.config import PipelineConfig, PipelineConfigError  # pylint: disable=g-import-not-at-top
 
     def problems(**kubeflow):
         config = PipelineConfig.from_dict({"runner": "kubeflow", "pipeline_root": "gs://b/root",
@@ -400,7 +400,7 @@ def vertex_state(monkeypatch):
 
 
 def _vertex_config(server, tmp_path, data, **schedule):
-    from pipelines.config import PipelineConfig  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.pipelines.config import PipelineConfig  # pylint: disable=g-import-not-at-top
 
     token_file = tmp_path / "vertex-token"
     token_file.write_text(VERTEX_TOKEN)
@@ -426,7 +426,7 @@ def compiled(tmp_path_factory, data) -> str:
 
 
 def test_vertex_pipeline_job(tmp_path, data, compiled, vertex_state):
-    from pipelines import submit  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.pipelines import submit  # pylint: disable=g-import-not-at-top
 
     with _serving(vertex_route) as server:
         submission = submit.submit(_vertex_config(server, tmp_path, data), compiled)
@@ -447,7 +447,7 @@ def test_vertex_pipeline_job(tmp_path, data, compiled, vertex_state):
 
 
 def test_vertex_schedule(tmp_path, data, compiled, vertex_state):
-    from pipelines import submit  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.pipelines import submit  # pylint: disable=g-import-not-at-top
 
     with _serving(vertex_route) as server:
         config = _vertex_config(server, tmp_path, data, cron="TZ=Europe/Amsterdam 0 3 * * 1",

@@ -6,9 +6,9 @@ import pytest
 
 import maskrcnn_tfx  # noqa: F401  (selects tf_keras before TensorFlow loads)
 from maskrcnn_tfx.label_map import LabelMap
-from trainer import config as config_lib
-from trainer import strategy as strategy_lib
-from trainer import task as task_lib
+from maskrcnn_tfx.trainer import config as config_lib
+from maskrcnn_tfx.trainer import strategy as strategy_lib
+from maskrcnn_tfx.trainer import task as task_lib
 
 SHAPES = LabelMap.from_pairs([(1, "square"), (2, "circle"), (3, "triangle")])
 # COCO-like: ids with gaps, largest 90.
@@ -258,7 +258,7 @@ def test_custom_config_ignores_the_cloud_extensions_keys():
 
 
 def test_export_precision_is_configured_from_yaml_and_custom_config(tmp_path):
-    from trainer import export as export_lib  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.trainer import export as export_lib  # pylint: disable=g-import-not-at-top
 
     # The config accepts exactly what the export can build.
     assert tuple(config_lib.SERVING_PRECISIONS) == tuple(export_lib.PRECISIONS)

@@ -17,9 +17,9 @@ import _trainer_helpers as helpers
 import maskrcnn_tfx  # noqa: F401  (selects tf_keras before TensorFlow loads)
 import tensorflow as tf
 from maskrcnn_tfx.label_map import LabelMap
-from trainer import config as config_lib
-from trainer import model as model_lib
-from trainer import train as train_lib
+from maskrcnn_tfx.trainer import config as config_lib
+from maskrcnn_tfx.trainer import model as model_lib
+from maskrcnn_tfx.trainer import train as train_lib
 
 pytestmark = pytest.mark.slow
 

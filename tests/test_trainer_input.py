@@ -9,11 +9,11 @@ import maskrcnn_tfx  # noqa: F401  (selects tf_keras before TensorFlow loads)
 import tensorflow as tf
 from maskrcnn_tfx import example_format as ef
 from maskrcnn_tfx.label_map import LabelMap
-from trainer import config as config_lib
-from trainer import input as input_lib
-from trainer import model as model_lib
-from trainer import preprocessing
-from trainer import train as train_lib
+from maskrcnn_tfx.trainer import config as config_lib
+from maskrcnn_tfx.trainer import input as input_lib
+from maskrcnn_tfx.trainer import model as model_lib
+from maskrcnn_tfx.trainer import preprocessing
+from maskrcnn_tfx.trainer import train as train_lib
 
 MEAN = [100.0, 110.0, 120.0]
 STD = [50.0, 60.0, 70.0]

@@ -14,10 +14,10 @@ import _trainer_helpers as helpers
 import maskrcnn_tfx  # noqa: F401  (selects tf_keras before TensorFlow loads)
 import tensorflow as tf
 from maskrcnn_tfx.label_map import LabelMap
-from trainer import config as config_lib
-from trainer import model as model_lib
-from trainer import task as task_lib
-from trainer import train as train_lib
+from maskrcnn_tfx.trainer import config as config_lib
+from maskrcnn_tfx.trainer import model as model_lib
+from maskrcnn_tfx.trainer import task as task_lib
+from maskrcnn_tfx.trainer import train as train_lib
 
 pytestmark = pytest.mark.slow
 
@@ -88,7 +88,7 @@ def test_trained_export_answers_both_signatures_on_jpeg_and_png(run, data):
     """The model run_fn trained and exported, reloaded: real shapes images as PNG and JPEG bytes, and as
     tf.Examples; every output's shape, dtype and range."""
     from maskrcnn_tfx import example_format as ef  # pylint: disable=g-import-not-at-top
-    from trainer import export as export_lib  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.trainer import export as export_lib  # pylint: disable=g-import-not-at-top
 
     serialized = [r.numpy() for r in tf.data.TFRecordDataset(tf.io.gfile.glob(data.eval))][:2]
     png = ef.from_tf_example(serialized[0]).encoded

@@ -117,8 +117,8 @@ def _env() -> dict:
 @pytest.mark.slow
 def test_watcher_runs_each_new_span_survives_bad_data_and_stops_on_sigterm(tmp_path):
     from maskrcnn_tfx.report.runs import slug  # pylint: disable=g-import-not-at-top
-    from pipelines import outputs  # pylint: disable=g-import-not-at-top
-    from pipelines.config import PipelineConfig  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.pipelines import outputs  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.pipelines.config import PipelineConfig  # pylint: disable=g-import-not-at-top
 
     work = str(tmp_path)
     data_root = os.path.join(work, "spans")
@@ -202,7 +202,7 @@ def test_watch_refuses_a_configuration_without_spans(tmp_path, capsys):
 
 def test_once_runs_nothing_without_a_complete_new_span(tmp_path, capsys):
     """--once (cron): no span, then a half-written span (train only), then a handled span: nothing runs."""
-    from pipelines import watcher as watcher_lib  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.pipelines import watcher as watcher_lib  # pylint: disable=g-import-not-at-top
 
     data_root = tmp_path / "spans"
     config_file = tmp_path / "pipeline.yaml"
@@ -248,7 +248,7 @@ def test_stop_during_a_run_interrupts_it_and_keeps_the_span(tmp_path):
     watcher carries on."""
     import threading  # pylint: disable=g-import-not-at-top
 
-    from pipelines import watcher as watcher_lib  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.pipelines import watcher as watcher_lib  # pylint: disable=g-import-not-at-top
 
     data_root = tmp_path / "spans"
     for split in ("train", "eval"):

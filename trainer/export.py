@@ -25,7 +25,7 @@ Both return the same outputs (:data:`OUTPUT_KEYS`):
 - ``image_size``: int32 [B, 2], the original (height, width).
 
 Preprocessing is Model Garden's own (``DetectionModule``: ImageNet normalization, aspect-preserving resize,
-padding to a multiple of 2**max_level) followed by :func:`trainer.preprocessing.renormalize_image` with the
+padding to a multiple of 2**max_level) followed by :func:`maskrcnn_tfx.trainer.preprocessing.renormalize_image` with the
 data set's pixel statistics, which the Transform graph, attached to the exported module, computes from the raw
 image feature inside the signature: the same two steps, with the same statistics, as the training input path.
 
@@ -57,8 +57,8 @@ from official.vision.serving import detection
 from maskrcnn_tfx import example_format as ef
 from maskrcnn_tfx import images as images_lib
 from maskrcnn_tfx import label_map as label_map_lib
-from trainer import preprocessing
-from trainer.config import TrainerConfig, to_experiment_config
+from maskrcnn_tfx.trainer import preprocessing
+from maskrcnn_tfx.trainer.config import TrainerConfig, to_experiment_config
 
 if TYPE_CHECKING:
     import tensorflow_transform as tft
@@ -115,7 +115,7 @@ def experiment_config_of(config: Union[TrainerConfig, cfg.ExperimentConfig],
         return config
     if isinstance(config, TrainerConfig):
         return to_experiment_config(config, label_map)
-    raise TypeError(f"expected a trainer.config.TrainerConfig or Model Garden ExperimentConfig, "
+    raise TypeError(f"expected a maskrcnn_tfx.trainer.config.TrainerConfig or Model Garden ExperimentConfig, "
                     f"got {type(config).__name__}")
 
 
@@ -170,7 +170,7 @@ class MaskRCNNServingModule(detection.DetectionModule):
         self._label_ids = tuple(label_map.ids)
 
     def _build_model(self) -> tf_keras.Model:
-        # Without AutoGraph, as the trainer builds it (trainer.model.MaskRCNNTrainerTask.build_model).
+        # Without AutoGraph, as the trainer builds it (maskrcnn_tfx.trainer.model.MaskRCNNTrainerTask.build_model).
         build = tf.autograph.experimental.do_not_convert(super()._build_model)
         if self._precision == "float32":
             return build()

@@ -5,7 +5,7 @@ are used unchanged. Two things are added around them:
 
 - the decoder also reads the Transform step's ``PIXEL_MEAN``/``PIXEL_STD`` features of each example (or uses
   ImageNet's statistics when the run has no Transform output);
-- the parser's output images go through :func:`trainer.preprocessing.renormalize_image`, the function the
+- the parser's output images go through :func:`maskrcnn_tfx.trainer.preprocessing.renormalize_image`, the function the
   exported model applies at serving time, so training and serving normalize identically.
 
 It also finds out whether the input files are GZIP-compressed (TFX Transform) or plain (the converter).
@@ -25,7 +25,7 @@ from official.vision.dataloaders import maskrcnn_input
 from official.vision.dataloaders import tf_example_decoder
 
 from maskrcnn_tfx import example_format as ef
-from trainer import preprocessing
+from maskrcnn_tfx.trainer import preprocessing
 
 logger = logging.getLogger(__name__)
 

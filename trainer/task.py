@@ -1,9 +1,9 @@
 """The TFX Trainer module: ``run_fn(fn_args)`` for the generic Trainer executor.
 
-Use it as the Trainer's ``module_file`` (or ``run_fn="trainer.task.run_fn"``)::
+Use it as the Trainer's ``module_file`` (or ``run_fn="maskrcnn_tfx.trainer.task.run_fn"``)::
 
     tfx.components.Trainer(
-        run_fn="trainer.task.run_fn",
+        run_fn="maskrcnn_tfx.trainer.task.run_fn",
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         train_args=tfx.proto.TrainArgs(num_steps=800),
@@ -11,7 +11,7 @@ Use it as the Trainer's ``module_file`` (or ``run_fn="trainer.task.run_fn"``)::
         custom_config={"preset": "tiny", "label_map_path": ".../label_map.json",
                        "train": {"batch_size": 8}})
 
-``custom_config`` is the Trainer configuration as a dict (see :mod:`trainer.config`), optionally naming the
+``custom_config`` is the Trainer configuration as a dict (see :mod:`maskrcnn_tfx.trainer.config`), optionally naming the
 preset it starts from under ``"preset"``; its ``export`` section sets the serving model's precision (e.g.
 ``{"export": {"precision": "bfloat16"}}``). Keys of TFX's Google Cloud extensions (``ai_platform_*``) are
 ignored. ``TrainArgs.num_steps`` / ``EvalArgs.num_steps``, when set, override ``train.train_steps`` /
@@ -24,8 +24,8 @@ from typing import Any, Dict, Mapping, Optional
 
 import maskrcnn_tfx  # noqa: F401  (selects tf_keras before TensorFlow loads)
 
-from trainer import config as config_lib
-from trainer import train as train_lib
+from maskrcnn_tfx.trainer import config as config_lib
+from maskrcnn_tfx.trainer import train as train_lib
 
 logger = logging.getLogger(__name__)
 

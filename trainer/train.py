@@ -1,9 +1,9 @@
 """Training without TFX: Model Garden's training loop (``train_lib.run_experiment``, orbit) on our configuration.
 
-:func:`train_and_export` is what the TFX Trainer's ``run_fn`` calls (see :mod:`trainer.task`), and what a
+:func:`train_and_export` is what the TFX Trainer's ``run_fn`` calls (see :mod:`maskrcnn_tfx.trainer.task`), and what a
 user calls to train outside a pipeline::
 
-    from trainer import config as config_lib, train
+    from maskrcnn_tfx.trainer import config as config_lib, train
     result = train.train_and_export(config_lib.load_config("tiny"), "data/train/*", "data/eval/*",
                                     model_dir="runs/1", serving_dir="runs/1/serving",
                                     label_map="data/label_map.json")
@@ -38,10 +38,10 @@ from official.modeling import performance
 
 from maskrcnn_tfx import progress
 from maskrcnn_tfx.label_map import LabelMap
-from trainer import config as config_lib
-from trainer import input as input_lib
-from trainer import model as model_lib
-from trainer import strategy as strategy_lib
+from maskrcnn_tfx.trainer import config as config_lib
+from maskrcnn_tfx.trainer import input as input_lib
+from maskrcnn_tfx.trainer import model as model_lib
+from maskrcnn_tfx.trainer import strategy as strategy_lib
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def train(config: Union[config_lib.TrainerConfig, Mapping[str, Any], str], train
     """Trains Model Garden's Mask R-CNN with Model Garden's loop; resumes from ``model_dir`` if it has a checkpoint.
 
     Args:
-      config: a :class:`~trainer.config.TrainerConfig`, a preset name, or a dict of overrides (may name a
+      config: a :class:`~maskrcnn_tfx.trainer.config.TrainerConfig`, a preset name, or a dict of overrides (may name a
         ``preset``).
       train_files, eval_files: TFRecord file patterns (GZIP or plain, see ``data.compression``). Without eval
         files (or with ``eval_steps`` 0) there is no evaluation.
@@ -254,9 +254,9 @@ def train(config: Union[config_lib.TrainerConfig, Mapping[str, Any], str], train
 
 def export(result: TrainResult, config: config_lib.TrainerConfig, label_map: LabelMap, serving_dir: str, *,
            tf_transform_output: Any = None, strategy: Optional[tf.distribute.Strategy] = None) -> str:
-    """Writes the serving model (``trainer.export``, in ``config.export``'s precision); non-chief workers write a
+    """Writes the serving model (``maskrcnn_tfx.trainer.export``, in ``config.export``'s precision); non-chief workers write a
     scratch copy."""
-    from trainer import export as export_lib  # pylint: disable=g-import-not-at-top  (heavy; only at the end)
+    from maskrcnn_tfx.trainer import export as export_lib  # pylint: disable=g-import-not-at-top  (heavy; only at the end)
 
     chief = strategy_lib.is_chief(strategy)
     target = serving_dir if chief else tempfile.mkdtemp(prefix="maskrcnn_tfx_export_")

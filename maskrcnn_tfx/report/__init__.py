@@ -9,7 +9,7 @@ ground truth). Pages open from disk with no network: inline CSS, charts and imag
 
 One concern per module:
 
-- :mod:`.runs`: which runs exist and where each run's artifacts are (MLMD, through ``pipelines.outputs``);
+- :mod:`.runs`: which runs exist and where each run's artifacts are (MLMD, through ``maskrcnn_tfx.pipelines.outputs``);
 - :mod:`.evaluation`: the Evaluator's TFMA result: metrics by slice and model, curves, thresholds, blessing;
 - :mod:`.training`: the Trainer's TensorBoard scalars;
 - :mod:`.data`: the statistics, schema anomalies and annotation reports of the validators;

@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from pipelines import metrics as metrics_lib
+from maskrcnn_tfx.pipelines import metrics as metrics_lib
 
 # A colour-blind-safe palette (Okabe-Ito), cycled for classes and series.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
@@ -91,7 +91,7 @@ def per_class_ap(class_names: Sequence[str], values: Dict[str, Dict[str, Optiona
 
 def pr_curves(curves: Dict[str, np.ndarray], class_names: Sequence[str], path: str) -> str:
     """Precision-recall curves: per kind (mask, box), the mean over classes at each IoU row, and each class at
-    IoU .50. ``curves[kind]`` is the ``[3, 1 + C, 101]`` array of ``pipelines.metrics.pr_curves_name``."""
+    IoU .50. ``curves[kind]`` is the ``[3, 1 + C, 101]`` array of ``maskrcnn_tfx.pipelines.metrics.pr_curves_name``."""
     kinds = [k for k in ("mask_ap", "box_ap") if k in curves]
     figure = _figure(4.2 * len(kinds), 7.4)
     axes = figure.subplots(2, len(kinds), squeeze=False)

@@ -110,7 +110,7 @@ class SchemaAnomaly:
 
 def load_schema_anomalies(anomalies_uri: str) -> Dict[str, List[SchemaAnomaly]]:
     """ExampleValidator's anomalies by split (an empty list: the split was checked and is clean)."""
-    from components.anomalies_gate import ANOMALIES_FILE  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.components.anomalies_gate import ANOMALIES_FILE  # pylint: disable=g-import-not-at-top
     from tensorflow_metadata.proto.v0 import anomalies_pb2  # pylint: disable=g-import-not-at-top
 
     result: Dict[str, List[SchemaAnomaly]] = {}
@@ -134,8 +134,8 @@ def load_schema_anomalies(anomalies_uri: str) -> Dict[str, List[SchemaAnomaly]]:
 
 
 def load_annotation_reports(reports_uri: str) -> Dict[str, Dict[str, Any]]:
-    """The AnnotationValidator's report of each split (``components.annotation_validator``'s format)."""
-    from components import annotation_validator as av  # pylint: disable=g-import-not-at-top
+    """The AnnotationValidator's report of each split (``maskrcnn_tfx.components.annotation_validator``'s format)."""
+    from maskrcnn_tfx.components import annotation_validator as av  # pylint: disable=g-import-not-at-top
 
     reports = {}
     for split in split_dirs(reports_uri):

@@ -3,7 +3,7 @@ blessing decision with every threshold of the EvalConfig stored with the result.
 
 Everything is read with TFMA's own loaders from the evaluation artifact MLMD names (``tfma.load_metrics``,
 ``tfma.load_eval_result`` for the EvalConfig, ``tfma.load_validation_result`` for the decision). Metric names are
-``pipelines.metrics``' (``mask_ap``, ``box_ap50``, ``mask_ap/<class>``, ``mask_ap_pr_curves`` ...).
+``maskrcnn_tfx.pipelines.metrics``' (``mask_ap``, ``box_ap50``, ``mask_ap/<class>``, ``mask_ap_pr_curves`` ...).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from pipelines import metrics as metrics_lib
+from maskrcnn_tfx.pipelines import metrics as metrics_lib
 
 MASK_AP, BOX_AP = "mask_ap", "box_ap"
 KINDS = (MASK_AP, BOX_AP)
@@ -96,7 +96,7 @@ class Evaluation:
         return slice_metrics.diffs.get(metric) if (slice_metrics and self.baseline) else None
 
     def pr_curves(self, kind: str, model: Optional[str] = None) -> Optional[np.ndarray]:
-        """The ``[3, 1 + C, 101]`` curves of ``pipelines.metrics.pr_curves_name`` on the overall slice, or None
+        """The ``[3, 1 + C, 101]`` curves of ``maskrcnn_tfx.pipelines.metrics.pr_curves_name`` on the overall slice, or None
         (e.g. box AP computed by TFMA's own metric, which has no curves)."""
         overall = self.overall
         if overall is None:
@@ -169,7 +169,7 @@ def _threshold_conditions(threshold) -> List[Tuple[str, str]]:
         bounds = threshold.value_threshold
         if bounds.HasField("lower_bound"):
             # "above 0.001" for the pipeline's strict bounds (stored as the next double up), else "at least".
-            from pipelines.eval_config import describe_lower_bound  # pylint: disable=g-import-not-at-top
+            from maskrcnn_tfx.pipelines.eval_config import describe_lower_bound  # pylint: disable=g-import-not-at-top
             found.append(("value", describe_lower_bound(bounds.lower_bound.value)))
         if bounds.HasField("upper_bound"):
             found.append(("value", f"at most {bounds.upper_bound.value:g}"))

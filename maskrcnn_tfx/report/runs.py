@@ -1,7 +1,7 @@
 """Which runs a pipeline has and where each run's artifacts are, from the pipeline's metadata store (MLMD).
 
 Contract 6 of docs/architecture.md: the evaluation, the blessing and every other artifact are found through MLMD
-(``pipelines.outputs`` reads it), never by guessing paths. The one exception is a failed AnnotationValidator:
+(``maskrcnn_tfx.pipelines.outputs`` reads it), never by guessing paths. The one exception is a failed AnnotationValidator:
 TFX records no output artifact for a failed execution, and the component keeps its reports beside the
 artifact directory TFX had made for it (TFX's own output layout, ``<pipeline root>/<node>/<key>/<execution
 id>``, with the execution id from MLMD) plus ``.failed``: see :meth:`Run.annotation_reports_uri`.
@@ -14,8 +14,8 @@ import os
 import re
 from typing import Dict, List, Optional
 
-from pipelines import outputs
-from pipelines.config import PipelineConfig
+from maskrcnn_tfx.pipelines import outputs
+from maskrcnn_tfx.pipelines.config import PipelineConfig
 
 # Component ids and artifact keys of the pipeline (pipelines/pipeline.py; TFX's standard components' keys).
 EXAMPLE_GEN = "ImportExampleGen"
@@ -82,7 +82,7 @@ def slug(run_id: str) -> str:
 
 @dataclasses.dataclass
 class Run:
-    """One run of the pipeline: its executions and artifacts (a summarized ``pipelines.outputs.RunSummary``)."""
+    """One run of the pipeline: its executions and artifacts (a summarized ``maskrcnn_tfx.pipelines.outputs.RunSummary``)."""
 
     summary: outputs.RunSummary
     number: int  # 1 for the pipeline's first run
@@ -176,7 +176,7 @@ class Run:
     def annotation_reports_uri(self) -> str:
         """Where the AnnotationValidator's reports are: its output artifact, or, when it failed, the copy it kept
         (see the module docstring); '' when it did not run."""
-        from components import annotation_validator as av  # pylint: disable=g-import-not-at-top
+        from maskrcnn_tfx.components import annotation_validator as av  # pylint: disable=g-import-not-at-top
 
         found = self._uri(self.output(ANNOTATION_VALIDATOR, av.ANOMALIES_KEY))
         if found:
