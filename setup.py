@@ -21,10 +21,13 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10,<3.11",
-    packages=find_packages(include=["maskrcnn_tfx*", "pipelines*", "components*", "trainer*", "serving*"]),
+    # One installed namespace. pipelines/, components/, trainer/ and serving/ stay at the repository's top (the
+    # design card's layout) and are its subpackages through the symlinks maskrcnn_tfx/<name> -> ../<name>, so no
+    # generic top-level name (a user's own trainer/ or serving/) is shadowed in site-packages.
+    packages=find_packages(include=["maskrcnn_tfx", "maskrcnn_tfx.*"]),
     include_package_data=True,
-    # The report's page templates and stylesheet.
-    package_data={"maskrcnn_tfx.report": ["templates/*"]},
+    # The report's page templates and stylesheet; the Trainer's presets (data, read by name).
+    package_data={"maskrcnn_tfx.report": ["templates/*"], "maskrcnn_tfx.trainer": ["presets/*.yaml"]},
     install_requires=[
         "tfx[kfp]==1.16.0",
         "tensorflow==2.16.2",

@@ -1,7 +1,7 @@
 """Compiles the pipeline for Kubeflow Pipelines v2 / Vertex AI Pipelines (a pipeline JSON; nothing runs here).
 
 Every component runs in ``config.kubeflow.image`` (built from this repository's Dockerfile), which must hold
-this project so that the custom components, ``trainer.*`` and ``maskrcnn_tfx.pipelines.metrics`` import.
+this project so that the custom components, ``maskrcnn_tfx.trainer.*`` and ``maskrcnn_tfx.pipelines.metrics`` import.
 ``pipelines/submit.py`` submits the JSON to a Kubeflow Pipelines endpoint or to Vertex AI. Paths in the
 configuration (data, pipeline root, serving dir, trainer files) must be readable by the cluster: the
 configuration's validation refuses paths on this machine's disk (see ``submit.config_problems``).
