@@ -183,7 +183,7 @@ def _number(value: Optional[float]) -> str:
 def blessing_reasons(eval_uri: str, blessed: bool) -> List[str]:
     """Why the Evaluator blessed the model or not, from its output: every threshold of the stored EvalConfig
     with the model's value, the bound and the outcome, the comparison with the baseline when there is one."""
-    from maskrcnn_tfx.report import evaluation as evaluation_lib  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.pipelines import evaluation_result as evaluation_lib  # pylint: disable=g-import-not-at-top
 
     try:
         result = evaluation_lib.load(eval_uri)

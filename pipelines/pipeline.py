@@ -10,7 +10,7 @@ training, with a report (TFDV's anomalies by feature, the AnnotationValidator's 
 from __future__ import annotations
 
 import os
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 import maskrcnn_tfx  # noqa: F401  (selects tf_keras before TensorFlow loads)
 from tfx import v1 as tfx
@@ -67,19 +67,27 @@ def _infra_validator(config: PipelineConfig, examples, model) -> Optional[tfx.co
                                          request_spec=request_spec)
 
 
-def _trainer_custom_config(config: PipelineConfig):
-    """The Trainer's custom_config; the Trainer evaluates only when the configuration asks it to.
+def trainer_custom_config(config: PipelineConfig) -> Dict[str, Any]:
+    """Everything the Trainer trains with, in one place: its ``custom_config`` (the preset, the overrides, the
+    fine-tuning checkpoint and the step counts). The pipeline passes no TrainArgs/EvalArgs, so
+    ``trainer.train_steps`` reaches the Trainer as ``train.train_steps`` and nothing else can outrank it;
+    ``maskrcnn-tfx config show`` prints the configuration this resolves to.
 
-    The Evaluator computes COCO box and mask AP on the same eval split, exactly, and decides the blessing: the
-    Trainer's own evaluation (Model Garden's, at the end of training) would repeat it, at the cost of building
-    the eval input pipeline, tracing the eval step and a pass over the split. ``trainer.eval_steps`` or
-    ``trainer.overrides: {train: {eval_steps: N}}`` turn it back on (its metrics go to TensorBoard).
+    The Trainer evaluates only when the configuration asks it to: the Evaluator computes COCO box and mask AP on
+    the same eval split, exactly, and decides the blessing, so the Trainer's own evaluation (Model Garden's, at
+    the end of training) would repeat it, at the cost of building the eval input pipeline, tracing the eval step
+    and a pass over the split. ``trainer.eval_steps`` or ``trainer.overrides: {train: {eval_steps: N}}`` turn
+    it back on (its metrics go to TensorBoard).
     """
     custom = config.trainer_custom_config()
     train = dict(custom.get("train") or {})
-    if not config.trainer.eval_steps and "eval_steps" not in train:
+    if config.trainer.train_steps:
+        train["train_steps"] = config.trainer.train_steps
+    if config.trainer.eval_steps:
+        train["eval_steps"] = config.trainer.eval_steps
+    elif "eval_steps" not in train:
         train["eval_steps"] = 0
-        custom["train"] = train
+    custom["train"] = train
     return custom
 
 
@@ -128,9 +136,7 @@ def create_pipeline(config: PipelineConfig, *, validated: bool = False) -> tfx.d
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
-        train_args=tfx.proto.TrainArgs(num_steps=config.trainer.train_steps) if config.trainer.train_steps else None,
-        eval_args=tfx.proto.EvalArgs(num_steps=config.trainer.eval_steps) if config.trainer.eval_steps else None,
-        custom_config=_trainer_custom_config(config))
+        custom_config=trainer_custom_config(config))
 
     # The model to beat: the latest one the Evaluator blessed (none on the first run: no comparison then).
     baseline_resolver = tfx.dsl.Resolver(

@@ -1,5 +1,6 @@
 """The built wheel installs one namespace, ``maskrcnn_tfx``, with its data files (docs/architecture.md)."""
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -12,9 +13,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def wheel_names(tmp_path_factory):
     out = tmp_path_factory.mktemp("wheel")
+    # A copy of what setup.py packages (symlinks kept), so the build leaves no build/ or egg-info in the checkout.
+    source = tmp_path_factory.mktemp("source")
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(REPO, name), source / name)
+    for name in ("maskrcnn_tfx", "pipelines", "components", "trainer", "serving"):
+        shutil.copytree(os.path.join(REPO, name), source / name, symlinks=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
     # --no-build-isolation: the venv's setuptools, no download (CI may be offline for the build backend).
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--wheel-dir", str(out), REPO], check=True, capture_output=True, text=True)
+                    "--wheel-dir", str(out), str(source)], check=True, capture_output=True, text=True)
     wheels = [name for name in os.listdir(out) if name.endswith(".whl")]
     assert len(wheels) == 1, wheels
     with zipfile.ZipFile(out / wheels[0]) as whl:

@@ -129,13 +129,17 @@ def test_trainer_evaluates_only_when_asked(tmp_path, shapes_data):
         config = PipelineConfig.from_dict(dict({"pipeline_root": str(tmp_path), "data": {"root": shapes_data}},
                                                **fields))
         trainer = next(c for c in create_pipeline(config).components if c.id == "Trainer")
-        custom = json.loads(trainer.exec_properties["custom_config"])
-        eval_args = json.loads(trainer.exec_properties["eval_args"] or "{}")
-        return task.config_from_custom_config(custom).train.eval_steps, eval_args.get("num_steps")
+        # The step counts have one home, the custom_config: no TrainArgs/EvalArgs to outrank it.
+        assert not trainer.exec_properties["train_args"] and not trainer.exec_properties["eval_args"]
+        train = task.config_from_custom_config(json.loads(trainer.exec_properties["custom_config"])).train
+        return train.eval_steps, train.train_steps
 
-    assert trainer_of() == (0, None)
-    assert trainer_of(trainer={"eval_steps": -1}) == (-1, -1)  # the tiny preset's, and EvalArgs say the same
-    assert trainer_of(trainer={"overrides": {"train": {"eval_steps": 5}}}) == (5, None)
+    preset_steps = task.config_from_custom_config({"preset": "tiny"}).train.train_steps
+    assert trainer_of() == (0, preset_steps)
+    assert trainer_of(trainer={"eval_steps": -1, "train_steps": 7}) == (-1, 7)
+    assert trainer_of(trainer={"overrides": {"train": {"eval_steps": 5, "train_steps": 9}}}) == (5, 9)
+    # The flag (trainer.train_steps) is the more specific setting and wins over the overrides.
+    assert trainer_of(trainer={"train_steps": 3, "overrides": {"train": {"train_steps": 9}}}) == (0, 3)
 
 
 def test_default_thresholds_let_a_first_run_be_blessed(tmp_path, shapes_data):
@@ -243,7 +247,7 @@ def test_kubeflow_compile_names_components_image_and_parameters(tmp_path, shapes
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values() if "container" in e}
     assert images == {image}
     text = output.read_text()
-    assert '\\"num_steps\\": 1234' in text
+    assert '\\"train_steps\\": 1234' in text  # in the Trainer's custom_config, its one home
     assert '\\"lower_bound\\": 0.375' in text
     assert "gs://bucket/serving" in text and "maskrcnn_tfx.trainer.task.run_fn" in text
 

@@ -252,7 +252,7 @@ def test_kfp_recurring_run_with_token(tmp_path, data, capsys):
     assert job["runtime_config"] == {"parameters": {}, "pipeline_root": "s3://ml-bucket/pipelines"}
     # The run the schedule starts is the compiled pipeline (its steps, image and arguments).
     spec_text = json.dumps(job["pipeline_spec"])
-    assert "registry.example.com/maskrcnn-tfx:0.1.0" in spec_text and '\\"num_steps\\": 321' in spec_text
+    assert "registry.example.com/maskrcnn-tfx:0.1.0" in spec_text and '\\"train_steps\\": 321' in spec_text
     assert "Kubeflow Pipelines recurring run: rr-0001" in out.out
     assert f"watch it at: {server.url}/#/recurringrun/details/rr-0001" in out.out
 

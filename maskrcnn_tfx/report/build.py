@@ -95,6 +95,7 @@ def _trainer_of(runs: Sequence[Run], model_uri: str) -> Optional[Run]:
 def _evaluation_part(run: Run, runs: Sequence[Run], page_dir: str, problems: _Problems
                      ) -> Tuple[Optional[Dict[str, Any]], str]:
     """(the evaluation's context, or None with the reason it is absent)."""
+    from maskrcnn_tfx.pipelines import evaluation_result  # pylint: disable=g-import-not-at-top
     from maskrcnn_tfx.report import charts, evaluation as evaluation_lib  # pylint: disable=g-import-not-at-top
 
     evaluator = run.executions.get(runs_lib.EVALUATOR)
@@ -102,7 +103,7 @@ def _evaluation_part(run: Run, runs: Sequence[Run], page_dir: str, problems: _Pr
         return None, _not_run("The Evaluator", run)
     if not run.eval_uri:
         return None, f"The Evaluator's execution is {evaluator.state} and recorded no evaluation."
-    result = problems.attempt(f"the evaluation {run.eval_uri}", lambda: evaluation_lib.load(run.eval_uri))
+    result = problems.attempt(f"the evaluation {run.eval_uri}", lambda: evaluation_result.load(run.eval_uri))
     if result is None:
         return None, "The evaluation could not be read (see above)."
     problems.items.extend(result.problems)
