@@ -20,6 +20,8 @@ SUBCOMMANDS = {
                     "Generate the synthetic shapes data set (COCO JSON + images) and convert it to TFRecords."),
     "run": ("maskrcnn_tfx.pipelines.run_cli",
             "Run the TFX pipeline (local or Beam), or compile it for Kubeflow and submit it to KFP or Vertex AI."),
+    "config": ("maskrcnn_tfx.pipelines.config_cli",
+               "Show the configuration a run would use (the --config file and run's flags), merged and validated."),
     "watch": ("maskrcnn_tfx.pipelines.watch_cli",
               "Run the local pipeline on each new {SPAN} of the data, one run at a time, with a report after each."),
     "report": ("maskrcnn_tfx.report.cli",

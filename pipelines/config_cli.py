@@ -33,23 +33,31 @@ def resolved(config: PipelineConfig) -> Dict[str, Any]:
     from maskrcnn_tfx.trainer import config as trainer_config  # pylint: disable=g-import-not-at-top
 
     trainer = trainer_config.load_config(overrides=pipeline.trainer_custom_config(config))
-    return {"pipeline": config.to_dict(), "trainer_resolved": trainer.as_dict()}
+    settings = config.to_dict()
+    # The defaults that depend on other fields, as the run will use them.
+    settings.update(metadata_path=config.resolved_metadata_path, serving_dir=config.resolved_serving_dir,
+                    beam_args=config.resolved_beam_args)
+    settings["data"]["label_map_path"] = config.label_map_path
+    return {"pipeline": settings, "trainer_resolved": trainer.as_dict()}
 
 
 def main(args: argparse.Namespace) -> int:
     from maskrcnn_tfx.pipelines import run_output  # pylint: disable=g-import-not-at-top  (light: no TensorFlow)
-    from maskrcnn_tfx.trainer.config import ConfigError  # pylint: disable=g-import-not-at-top
 
-    try:
-        # TensorFlow's and TFX's start-up messages would be mixed into the YAML on stdout: keep them out.
-        with run_output.captured_output():
-            config = run_cli.config_from_args(args)
-            values = resolved(config)
-    except (PipelineConfigError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    # TensorFlow's and TFX's start-up messages (C++, at import) would be mixed into the YAML: keep them out.
+    with run_output.captured_output():
+        from maskrcnn_tfx.trainer.config import ConfigError  # pylint: disable=g-import-not-at-top
+
+        try:
+            values = resolved(run_cli.config_from_args(args))
+            problem = None
+        except (PipelineConfigError, ConfigError) as e:
+            values, problem = None, e
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     print(f"# maskrcnn-tfx {' '.join(sys.argv[1:]) or 'config show'}")
-    print("# pipeline: the run's settings (the --config file, then the flags). trainer_resolved: what the Trainer "
-          "trains with (its preset, then trainer.overrides and the steps above).")
+    print("# pipeline: the run's settings (the --config file, then the flags; empty paths resolved).")
+    print("# trainer_resolved: what the Trainer trains with (its preset, then trainer.overrides and the steps).")
     sys.stdout.write(yaml.safe_dump(values, sort_keys=False, default_flow_style=False))
     return 0

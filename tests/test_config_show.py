@@ -1,0 +1,57 @@
+"""``maskrcnn-tfx config show``: the merged, validated configuration a run would use, as YAML on stdout."""
+import os
+
+import pytest
+import yaml
+
+from maskrcnn_tfx import cli
+
+
+@pytest.fixture(scope="module")
+def shapes_data(tmp_path_factory) -> str:
+    from maskrcnn_tfx.data.convert import convert_coco  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.data.shapes import generate_shapes  # pylint: disable=g-import-not-at-top
+
+    root = str(tmp_path_factory.mktemp("shapes"))
+    annotations = generate_shapes(root, num_images=6, image_size=64, seed=3)
+    output = os.path.join(root, "tfrecords")
+    convert_coco(annotations, os.path.join(root, "coco", "images"), output, eval_fraction=0.34, progress=False)
+    return output
+
+
+def _show(capsys, *argv):
+    code = cli.main(["config", "show", *argv])
+    out = capsys.readouterr()
+    return code, out
+
+
+def test_file_then_flags_then_the_preset_resolved_for_the_trainer(tmp_path, capsys, shapes_data):
+    config_file = tmp_path / "pipeline.yaml"
+    config_file.write_text(yaml.safe_dump({
+        "pipeline_root": str(tmp_path / "root"), "data": {"root": shapes_data},
+        "trainer": {"train_steps": 40, "overrides": {"train": {"batch_size": 2}, "model": {"input_size": 96}}},
+        "evaluation": {"min_mask_ap": 0.2}}))
+    code, out = _show(capsys, "--config", str(config_file), "--train-steps", "70", "--min-box-ap", "0.1")
+    assert code == 0, out.err
+    shown = yaml.safe_load(out.out)
+    pipeline, trainer = shown["pipeline"], shown["trainer_resolved"]
+    # Flags over the file over the defaults, with the derived paths filled in.
+    assert pipeline["trainer"]["train_steps"] == 70
+    assert pipeline["evaluation"]["min_mask_ap"] == 0.2 and pipeline["evaluation"]["min_box_ap"] == 0.1
+    assert pipeline["metadata_path"] == str(tmp_path / "root" / "metadata.sqlite")
+    assert pipeline["data"]["label_map_path"] == os.path.join(shapes_data, "label_map.json")
+    # What the Trainer trains with: the tiny preset, the overrides, the flag's steps, no own evaluation.
+    assert trainer["train"]["train_steps"] == 70 and trainer["train"]["batch_size"] == 2
+    assert trainer["model"]["input_size"] == 96 and trainer["model"]["backbone"] == "resnet18"
+    assert trainer["train"]["eval_steps"] == 0
+    # Only YAML (and its comment lines) on stdout: TensorFlow's start-up messages are kept out.
+    assert all(line.startswith(("#", " ", "-")) or line.split(":")[0] in shown for line in out.out.splitlines())
+
+
+def test_an_invalid_configuration_exits_2_naming_the_field(tmp_path, capsys, shapes_data):
+    code, out = _show(capsys, "--data", shapes_data, "--pipeline-root", str(tmp_path), "--preset", "nope")
+    assert code == 2 and "unknown preset 'nope'" in out.err and not out.out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trainer:\n  overrides:\n    train:\n      batch_sise: 2\n")
+    code, out = _show(capsys, "--config", str(bad), "--data", shapes_data)
+    assert code == 2 and "batch_sise" in out.err and not out.out
