@@ -80,7 +80,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	@for b in $(BENCH); do echo "== benchmarks/$$b.py"; \
-		MASKRCNN_TFX_COCO128="$(COCO128_DIR)" $(PY) benchmarks/$$b.py || exit 1; done
+		MASKRCNN_TFX_COCO128="$(COCO128_DIR)" $(PY) -m benchmarks.$$b || exit 1; done
 
 clean:
 	rm -rf $(OUT) .pytest_cache

@@ -1,6 +1,6 @@
 """Shared helpers of the training benchmarks: a converted shapes data set, and COCO evaluation of a SavedModel.
 
-Not a benchmark itself; ``benchmarks/train_throughput.py`` and ``benchmarks/train_accuracy.py`` import it.
+Not a benchmark itself; ``benchmarks/train_throughput.py``, ``train_accuracy.py`` and ``finetune.py`` import it.
 """
 from __future__ import annotations
 
@@ -13,11 +13,7 @@ import sys
 import time
 from typing import Dict, List, Optional
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
-
-import maskrcnn_tfx  # noqa: E402,F401  (before TensorFlow: selects tf_keras)
+import maskrcnn_tfx  # noqa: F401  (before TensorFlow: selects tf_keras)
 
 # Seed of the held-out images: another seed than the training set's, so no held-out image is a training one.
 EVAL_SEED_OFFSET = 1000

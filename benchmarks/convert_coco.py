@@ -6,7 +6,7 @@ files), converts it with both tools, each as a whole process (imports included: 
 processes and shards, checks that both wrote the same instances, and prints images/s, the ratio and the
 projected time for COCO train2017 (start-up once, plus the per-image rate measured beyond a 16-image run).
 
-    .venv/bin/python benchmarks/convert_coco.py [--repeat 8] [--workers N] [--coco128 DIR]
+    .venv/bin/python -m benchmarks.convert_coco [--repeat 8] [--workers N] [--coco128 DIR]
 
 Model Garden's flags (official/vision/data/create_coco_tf_record.py): --image_dir, --object_annotations_file,
 --output_file_prefix, --num_shards, --include_masks, --num_processes (0 disables multiprocessing, so ours
@@ -25,17 +25,16 @@ import tempfile
 import time
 from typing import Dict, List, Tuple
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+import maskrcnn_tfx  # noqa: F401  (before TensorFlow: selects tf_keras)
 
-import maskrcnn_tfx  # noqa: E402,F401  (before TensorFlow: selects tf_keras)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 COCO_TRAIN2017_IMAGES = 118_287
 SMALL_RUN_IMAGES = 16
 
 
 def default_coco128() -> str:
-    return os.environ.get("MASKRCNN_TFX_COCO128") or os.path.join(REPO, "..", "shared", "datasets", "coco128")
+    return os.environ.get("MASKRCNN_TFX_COCO128", "")
 
 
 def build_repeated_coco(coco128: str, repeat: int, path: str, first: int = 0) -> Tuple[int, int]:

@@ -12,7 +12,7 @@ Both are evaluated at the end of training on the same held-out relabelled images
 evaluation: Model Garden's COCO evaluator, pycocotools), and their box and mask AP are printed with the ratio.
 Everything goes through ``maskrcnn_tfx.trainer.train.train``, what the TFX Trainer's ``run_fn`` calls.
 
-    .venv/bin/python benchmarks/finetune.py [--pretrain-steps 400] [--steps 100] [--work-dir DIR]
+    .venv/bin/python -m benchmarks.finetune [--pretrain-steps 400] [--steps 100] [--work-dir DIR]
 """
 from __future__ import annotations
 
@@ -24,9 +24,7 @@ import shutil
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import _common  # noqa: E402,F401  (sets sys.path and imports maskrcnn_tfx first)
+from benchmarks import _common  # noqa: F401  (imports maskrcnn_tfx first: selects tf_keras)
 
 # Shapes' ids (square 1, circle 2, triangle 3) -> the fine-tuning task's (id, name).
 RELABEL = {1: (2, "polygon"), 2: (1, "round"), 3: (2, "polygon")}

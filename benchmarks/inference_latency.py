@@ -24,7 +24,7 @@ Both models keep every detection (score threshold 0, Model Garden's ``pre_nms_sc
 torchvision's ``box_score_thresh``), so each image yields exactly ``--max-detections``: a random-init model's
 scores would otherwise leave a count that depends on chance.
 
-    .venv/bin/python benchmarks/inference_latency.py [--torch-python PATH] [--threads 2] [--rounds 2]
+    .venv/bin/python -m benchmarks.inference_latency [--torch-python PATH] [--threads 2] [--rounds 2]
 
 A Python with torch and torchvision for the peer (about 5.5 GB; wheels from PyPI), outside the repository:
 
@@ -50,10 +50,8 @@ import tempfile
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
-import maskrcnn_tfx  # noqa: E402,F401  (before TensorFlow: selects tf_keras)
+import maskrcnn_tfx  # noqa: F401  (before TensorFlow: selects tf_keras)
 
 PEER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_torchvision_peer.py")
 DEFAULT_TORCH_VENV_PYTHON = "/tmp/torch-peer-venv/bin/python"
@@ -104,8 +102,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--preset", default="coco_r50fpn", help="trainer preset of ours (e.g. tiny for a smoke test)")
     parser.add_argument("--input-size", type=int, default=640)
     parser.add_argument("--max-detections", type=int, default=100)
-    parser.add_argument("--coco128", default=os.environ.get("MASKRCNN_TFX_COCO128")
-                        or os.path.join(REPO, "..", "shared", "datasets", "coco128"),
+    parser.add_argument("--coco128", default=os.environ.get("MASKRCNN_TFX_COCO128", ""),
                         help="images to crop the test JPEGs from (synthetic images when absent)")
     parser.add_argument("--work-dir", default=os.path.join(tempfile.gettempdir(), "maskrcnn_tfx_latency"),
                         help="exports and test images; reused when the settings match")

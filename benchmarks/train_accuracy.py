@@ -16,7 +16,7 @@ budget counts both calls' whole wall time, the in-training evaluations included.
 exported and evaluated through its SavedModel (time printed separately, not counted): the final figure is the
 served model's.
 
-    .venv/bin/python benchmarks/train_accuracy.py --budget-minutes 30 [--work-dir /tmp/maskrcnn_bench_accuracy]
+    .venv/bin/python -m benchmarks.train_accuracy --budget-minutes 30 [--work-dir /tmp/maskrcnn_bench_accuracy]
 
 Settings (the tiny preset plus the overrides printed at the start) can be changed with ``--lr``,
 ``--batch-size``, ``--warmup-steps``, ``--evals``, and any Trainer field with ``--set`` (JSON overrides, e.g.
@@ -33,9 +33,7 @@ import shutil
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import _common  # noqa: E402  (sets sys.path and imports maskrcnn_tfx first)
+from benchmarks import _common  # (imports maskrcnn_tfx first: selects tf_keras)
 
 
 def parse_args(argv=None):

@@ -15,7 +15,7 @@ the wall time and global step at the end of every training loop (``summary_inter
 contenders alternate (ours, mg, ours, mg, ...) so that load from other processes on the machine hits both
 alike; the ratio of the medians (ours / Model Garden) is printed, target >= 0.95.
 
-    .venv/bin/python benchmarks/train_throughput.py [--rounds 3] [--loops 6] [--loop-steps 10] [--batch-size 4]
+    .venv/bin/python -m benchmarks.train_throughput [--rounds 3] [--loops 6] [--loop-steps 10] [--batch-size 4]
 """
 from __future__ import annotations
 
@@ -29,9 +29,7 @@ import tempfile
 import time
 from typing import Dict, List
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import _common  # noqa: E402  (sets sys.path and imports maskrcnn_tfx first)
+from benchmarks import _common  # (imports maskrcnn_tfx first: selects tf_keras)
 
 RESULT_PREFIX = "THROUGHPUT_RESULT "
 
@@ -148,7 +146,7 @@ def main(argv=None) -> int:
     for r in range(args.rounds):
         order = ("mg", "ours") if r % 2 == 0 else ("ours", "mg")
         for who in order:
-            cmd = [sys.executable, os.path.abspath(__file__), "--worker", who, "--data", data_file,
+            cmd = [sys.executable, "-m", __spec__.name, "--worker", who, "--data", data_file,
                    "--loops", str(args.loops), "--loop-steps", str(args.loop_steps),
                    "--batch-size", str(args.batch_size), "--image-size", str(args.image_size),
                    "--work-dir", args.work_dir]
