@@ -45,7 +45,7 @@ INIT_CHECKPOINT_MODULES = ("backbone", "backbone_fpn", "all_but_class_layers", "
 SPAN_TOKEN = "{SPAN}"
 DEFAULT_PIPELINE_NAME = "maskrcnn-tfx"
 DEFAULT_IMAGE = "maskrcnn-tfx:latest"
-# In-process Beam: worker processes take ~40 s to start, more than small runs spend computing.
+# In-process Beam: starting worker processes costs more than small runs spend computing (benchmarks/README.md).
 LOCAL_BEAM_ARGS = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
 
 

@@ -483,7 +483,7 @@ def _run_shard_task(index: int) -> _ShardResult:
 def _worker_context():
     """"fork" where it is safe (Linux), else "spawn".
 
-    Fork lets workers inherit the loaded TensorFlow (a worker that imports it pays ~3 s) and the planned
+    Fork lets workers inherit the loaded TensorFlow (importing it again costs seconds per worker) and the planned
     tasks (nothing large is pickled), and works from any script, also without an ``if __name__ ==
     "__main__"`` guard and from stdin, where "spawn" and "forkserver" re-run or cannot find the main module.
     The workers use TensorFlow only for the proto classes and the record writer (file I/O: no ops, no thread
