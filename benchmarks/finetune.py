@@ -24,7 +24,7 @@ import shutil
 import sys
 import time
 
-from benchmarks import _common  # noqa: F401  (imports maskrcnn_tfx first: selects tf_keras)
+import maskrcnn_tfx  # noqa: F401  (before TensorFlow: selects tf_keras)
 
 # Shapes' ids (square 1, circle 2, triangle 3) -> the fine-tuning task's (id, name).
 RELABEL = {1: (2, "polygon"), 2: (1, "round"), 3: (2, "polygon")}

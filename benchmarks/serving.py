@@ -1,14 +1,14 @@
 """Benchmark: requests per second and p50/p99 latency of the local server's REST and gRPC APIs against a direct
 SavedModel call, at concurrency 1 and 8, in the same run, on the tiny model.
 
-The tiny preset's Mask R-CNN (random init; exported by ``maskrcnn_tfx.trainer.export`` through tests/_serving_model.py)
+The tiny preset's Mask R-CNN (random init; exported by ``maskrcnn_tfx.trainer.export`` through ``maskrcnn_tfx.testing.models``)
 is pushed as version 1 into a temporary base directory and served by ``maskrcnn-tfx serve`` in its own
 process (as TF Serving would be); the clients (``maskrcnn_tfx.serving.client``, one per thread, one image per request)
 and the direct calls (``tf.saved_model.load`` in this process, the same image) run here. The figures that
 carry over to other machines are the ratios to the direct call: the API's own cost (encoding, transport,
 JSON for REST) on top of the model.
 
-    .venv/bin/python benchmarks/serving.py --requests 24
+    .venv/bin/python -m benchmarks.serving --requests 24
 """
 from __future__ import annotations
 
@@ -16,17 +16,13 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from typing import Callable, Dict, List
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [REPO, os.path.join(REPO, "tests")]
-
-import maskrcnn_tfx  # noqa: E402,F401  (before TensorFlow: selects tf_keras)
+import maskrcnn_tfx  # noqa: F401  (before TensorFlow: selects tf_keras)
 
 CONCURRENCIES = (1, 8)
 
@@ -93,19 +89,6 @@ def median_round(values: List[Dict]) -> Dict:
     return chosen
 
 
-def wait_until_serving(client, process, timeout=600):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with {process.returncode}")
-        try:
-            client.metadata()
-            return
-        except Exception:  # pylint: disable=broad-except
-            time.sleep(0.5)
-    raise RuntimeError("the server did not come up")
-
-
 def load_average() -> str:
     with open("/proc/loadavg", encoding="utf-8") as f:
         return " ".join(f.read().split()[:3])
@@ -116,7 +99,8 @@ def main(argv=None) -> int:
     import portpicker  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-    import _serving_model as served  # pylint: disable=import-outside-toplevel
+    from maskrcnn_tfx.testing import models as served  # pylint: disable=import-outside-toplevel
+    from maskrcnn_tfx.testing import serving as serving_process  # pylint: disable=import-outside-toplevel
     from maskrcnn_tfx import signature as sig  # pylint: disable=import-outside-toplevel
     from maskrcnn_tfx.serving import client as client_lib  # pylint: disable=import-outside-toplevel
 
@@ -127,15 +111,12 @@ def main(argv=None) -> int:
     base = tempfile.mkdtemp(prefix="serving_bench_")
     served.push(model_dir, base, 1)
     rest_port, grpc_port = portpicker.pick_unused_port(), portpicker.pick_unused_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "maskrcnn_tfx.cli", "serve", "--model-base-path", base, "--model-name",
-         served.MODEL_NAME, "--rest-port", str(rest_port), "--grpc-port", str(grpc_port),
-         "--max-concurrent-predictions", str(args.max_concurrent_predictions)],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    image = served.test_images()[0]
+    server = serving_process.start_server(serving_process.serve_command(
+        base, served.MODEL_NAME, rest_port, grpc_port,
+        "--max-concurrent-predictions", str(args.max_concurrent_predictions)), os.path.join(base, "server.log"))
+    image = served.sample_images()[0]
     try:
-        wait_until_serving(client_lib.connect(f"http://127.0.0.1:{rest_port}", model_name=served.MODEL_NAME,
-                                              retry=client_lib.RetryPolicy(max_attempts=1)), server)
+        serving_process.wait_until_serving(rest_port, server, served.MODEL_NAME)
         loaded = tf.saved_model.load(model_dir)
         function = loaded.signatures[sig.SERVING_SIGNATURE]
         batch = tf.constant([image])

@@ -1,15 +1,15 @@
 """Benchmark: the local server under a mixed load of valid and hostile requests, in one run.
 
 ``maskrcnn-tfx serve`` (its own process, the tiny preset's Mask R-CNN exported by ``maskrcnn_tfx.trainer.export`` through
-tests/_serving_model.py) gets 10,000 REST requests from 32 client threads, then a smaller gRPC run: 90% valid
-(one of three small PNG/JPEG images per request) and 10% hostile, every kind of tests/_serving_load.py in
+``maskrcnn_tfx.testing.models``) gets 10,000 REST requests from 32 client threads, then a smaller gRPC run: 90% valid
+(one of three small PNG/JPEG images per request) and 10% hostile, every kind of ``maskrcnn_tfx.testing.serving`` in
 turn (pixel bombs of 20000x20000 and 40000x40000 in PNG and JPEG, truncated and non-image bytes, bad base64,
 deep JSON, oversized bodies, unknown models, versions, labels and signatures). It prints the count of each
 status per kind, the unexpected statuses and the connection errors (both must be zero), p50/p99 latency of the
 valid requests, requests per second against direct SavedModel calls of the same images made here in the same
 run, and the server's resident memory before, at its peak and after.
 
-    .venv/bin/python benchmarks/serving_load.py [--requests 10000] [--grpc-requests 2000] [--concurrency 32]
+    .venv/bin/python -m benchmarks.serving_load [--requests 10000] [--grpc-requests 2000] [--concurrency 32]
 """
 from __future__ import annotations
 
@@ -28,10 +28,7 @@ import threading
 import time
 from typing import Dict, List, Tuple
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [REPO, os.path.join(REPO, "tests")]
-
-import maskrcnn_tfx  # noqa: E402,F401  (before TensorFlow: selects tf_keras)
+import maskrcnn_tfx  # noqa: F401  (before TensorFlow: selects tf_keras)
 
 MAX_REQUEST_BYTES = 8 << 20
 HOSTILE_FRACTION = 0.1
@@ -192,14 +189,14 @@ def main(argv=None) -> int:
     import portpicker  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-    import _serving_load as load  # pylint: disable=import-outside-toplevel
-    import _serving_model as served  # pylint: disable=import-outside-toplevel
+    from maskrcnn_tfx.testing import models as served  # pylint: disable=import-outside-toplevel
+    from maskrcnn_tfx.testing import serving as load  # pylint: disable=import-outside-toplevel
     from maskrcnn_tfx import signature as sig  # pylint: disable=import-outside-toplevel
 
     with open("/proc/loadavg", encoding="ascii") as f:
         print(f"load average at start: {' '.join(f.read().split()[:3])} on {os.cpu_count()} CPUs")
     model_dir = served.exported_model_dir()
-    images = served.test_images()
+    images = served.sample_images()
     hostile = load.hostile_requests(served.MODEL_NAME, images[0], MAX_REQUEST_BYTES)
     base = tempfile.mkdtemp(prefix="serving_load_")
     served.push(model_dir, base, 1)

@@ -33,7 +33,9 @@ import shutil
 import sys
 import time
 
-from benchmarks import _common  # (imports maskrcnn_tfx first: selects tf_keras)
+import maskrcnn_tfx  # noqa: F401  (before TensorFlow: selects tf_keras)
+from benchmarks import _common
+from maskrcnn_tfx.testing import data as shapes_sets
 
 
 def parse_args(argv=None):
@@ -85,10 +87,10 @@ def main(argv=None) -> int:
     from maskrcnn_tfx.trainer import train as train_lib  # pylint: disable=g-import-not-at-top
 
     t0 = time.monotonic()
-    data = _common.prepare_shapes(os.path.join(args.work_dir, "data"), num_train=args.num_train,
+    data = shapes_sets.prepare_shapes(os.path.join(args.work_dir, "data"), num_train=args.num_train,
                                   num_eval=args.num_eval, image_size=args.image_size, seed=args.seed)
     print(f"data: {data.num_train} train + {data.num_eval} held-out shapes images of {data.image_size}x"
-          f"{data.image_size} (seeds {data.seed} and {data.seed + _common.EVAL_SEED_OFFSET}), "
+          f"{data.image_size} (seeds {data.seed} and {data.seed + shapes_sets.EVAL_SEED_OFFSET}), "
           f"ready in {time.monotonic() - t0:.0f} s", flush=True)
     labels = LabelMap.load(data.label_map)
     model_dir = os.path.join(args.work_dir, "model")

@@ -29,7 +29,8 @@ import tempfile
 import time
 from typing import Dict, List
 
-from benchmarks import _common  # (imports maskrcnn_tfx first: selects tf_keras)
+import maskrcnn_tfx  # noqa: F401  (before TensorFlow: selects tf_keras)
+from maskrcnn_tfx.testing import data as shapes_sets
 
 RESULT_PREFIX = "THROUGHPUT_RESULT "
 
@@ -133,7 +134,7 @@ def main(argv=None) -> int:
         print(RESULT_PREFIX + json.dumps(result), flush=True)
         return 0
 
-    data = _common.prepare_shapes(os.path.join(args.work_dir, "data"), num_train=args.num_train, num_eval=8,
+    data = shapes_sets.prepare_shapes(os.path.join(args.work_dir, "data"), num_train=args.num_train, num_eval=8,
                                   image_size=args.image_size)
     data_file = os.path.join(args.work_dir, "data.json")
     with open(data_file, "w", encoding="utf-8") as f:

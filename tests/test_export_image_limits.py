@@ -1,6 +1,6 @@
 """Both exported signatures against pixel bombs, broken bytes and odd images.
 
-The tiny model is exported once per process by ``tests/_serving_model.py`` (shared with the serving tests).
+The tiny model is exported once per process by ``tests/served.py`` (shared with the serving tests).
 The size check reads headers only, so bombs of 20000x20000 and 40000x40000 pixels (a few hundred KB to 1.6 MB
 of PNG, 630 bytes of JPEG) are refused with INVALID_ARGUMENT without their pixels ever being allocated: the
 process's peak memory barely moves (decoding the 20000x20000 PNG alone would take 1.2 GB).
@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import _odd_images
-import _serving_model
+from maskrcnn_tfx.testing import models as served
 import maskrcnn_tfx  # noqa: F401  (before TensorFlow)
 import tensorflow as tf
 
@@ -28,7 +28,7 @@ BOMBS = {f"{kind} {side}x{side}": (make(side, side), side)
 
 @pytest.fixture(scope="module")
 def loaded():
-    return tf.saved_model.load(_serving_model.exported_model_dir())
+    return tf.saved_model.load(served.exported_model_dir())
 
 
 def _serve_images(loaded, images):
@@ -74,7 +74,7 @@ class _RssSampler:
 @pytest.mark.parametrize("call", sorted(SIGNATURES))
 def test_pixel_bombs_are_refused_by_their_header_with_size_and_limit(loaded, call):
     serve = SIGNATURES[call]
-    good = _serving_model.test_images()[0]
+    good = served.sample_images()[0]
     serve(loaded, [good])  # traced and warm: what follows is the bombs' own cost
     limit = images_lib.DEFAULT_MAX_IMAGE_PIXELS
     with _RssSampler() as memory:
@@ -94,7 +94,7 @@ def test_pixel_bombs_are_refused_by_their_header_with_size_and_limit(loaded, cal
 @pytest.mark.parametrize("call", sorted(SIGNATURES))
 def test_broken_and_foreign_bytes_give_a_clear_invalid_argument(loaded, call):
     serve = SIGNATURES[call]
-    good_png, good_jpeg = _serving_model.test_images()[:2]
+    good_png, good_jpeg = served.sample_images()[:2]
     gif = _odd_images.encode(Image.new("RGB", (8, 8)), "GIF")
     cases = {
         "text": (b"this is not an image", signature.NOT_AN_IMAGE_MESSAGE),

@@ -89,3 +89,23 @@ def test_nothing_imports_the_old_top_level_names():
                     old += [f"{os.path.relpath(path, REPO)}:{line} imports {imported}"
                             for line, imported in _imports(path) if imported.split(".")[0] in OLD_TOP_LEVEL]
     assert not old, "use the maskrcnn_tfx namespace:\n" + "\n".join(old)
+
+
+def test_benchmarks_import_no_tests_and_change_no_sys_path():
+    """Benchmarks run as ``python -m benchmarks.<name>`` from the repository; what they share with the tests is
+    ``maskrcnn_tfx.testing``."""
+    wrong = []
+    folder = os.path.join(REPO, "benchmarks")
+    for name in sorted(os.listdir(folder)):
+        if not name.endswith(".py"):
+            continue
+        path = os.path.join(folder, name)
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), path)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr == "path" and getattr(node.value, "id", "") == "sys":
+                wrong.append(f"benchmarks/{name}:{node.lineno} uses sys.path")
+        wrong += [f"benchmarks/{name}:{line} imports {imported}" for line, imported in _imports(path)
+                  if imported.split(".")[0] == "tests" or imported.startswith("_") and imported != "__future__"
+                  and not imported.startswith("__future__.")]
+    assert not wrong, "\n".join(wrong)

@@ -24,6 +24,7 @@ import pytest
 import maskrcnn_tfx  # noqa: F401
 import _pipeline_runs
 from _pipeline_runs import BEAM_ARGS, versions
+from maskrcnn_tfx.testing.data import shapes_tfrecords
 
 pytestmark = pytest.mark.slow
 
@@ -131,14 +132,8 @@ def test_new_span_is_evaluated_against_the_last_blessed_model(runs):
 
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory) -> str:
-    from maskrcnn_tfx.data.convert import convert_coco  # pylint: disable=g-import-not-at-top
-    from maskrcnn_tfx.data.shapes import generate_shapes  # pylint: disable=g-import-not-at-top
-
-    root = str(tmp_path_factory.mktemp("small"))
-    annotations = generate_shapes(root, num_images=10, image_size=64, seed=5)
-    output = os.path.join(root, "tfrecords")
-    convert_coco(annotations, os.path.join(root, "coco", "images"), output, eval_fraction=0.3, progress=False)
-    return output
+    return shapes_tfrecords(str(tmp_path_factory.mktemp("small_data")), num_images=10, image_size=64, seed=5,
+                            eval_fraction=0.3)
 
 
 def _bad_record(data_dir: str) -> tuple:

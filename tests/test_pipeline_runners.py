@@ -9,20 +9,15 @@ import re
 import pytest
 
 import maskrcnn_tfx  # noqa: F401
+from maskrcnn_tfx.testing.data import shapes_tfrecords
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
 def shapes_data(tmp_path_factory) -> str:
-    from maskrcnn_tfx.data.convert import convert_coco  # pylint: disable=g-import-not-at-top
-    from maskrcnn_tfx.data.shapes import generate_shapes  # pylint: disable=g-import-not-at-top
-
-    root = str(tmp_path_factory.mktemp("shapes"))
-    annotations = generate_shapes(root, num_images=12, image_size=64, seed=7)
-    output = os.path.join(root, "tfrecords")
-    convert_coco(annotations, os.path.join(root, "coco", "images"), output, eval_fraction=0.25, progress=False)
-    return output
+    return shapes_tfrecords(str(tmp_path_factory.mktemp("shapes_data")), num_images=12, image_size=64, seed=7,
+                            eval_fraction=0.25)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import threading
 import portpicker
 import pytest
 
-import _serving_model as served
+from maskrcnn_tfx.testing import models as served
 from maskrcnn_tfx.serving import client as client_lib
 
 pytestmark = pytest.mark.slow
@@ -43,7 +43,7 @@ def test_serve_command_late_start_retries_loopback_only_and_sigterm(tmp_path, ca
     def ask(name, make):
         try:
             with make() as client:
-                answers[name] = client.predict(served.test_images()[:1])
+                answers[name] = client.predict(served.sample_images()[:1])
         except Exception as e:  # pylint: disable=broad-except
             errors.append(f"{name}: {e!r}")
 

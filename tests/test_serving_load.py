@@ -15,8 +15,8 @@ import time
 import portpicker
 import pytest
 
-import _serving_load as load
-import _serving_model as served
+from maskrcnn_tfx.testing import serving as load
+from maskrcnn_tfx.testing import models as served
 from maskrcnn_tfx.serving import client as client_lib
 
 pytestmark = pytest.mark.slow
@@ -66,7 +66,7 @@ def _grpc(port, **kwargs):
 
 def test_hostile_requests_each_get_their_4xx_and_memory_stays_bounded(server):
     process, rest_port, grpc_port, _ = server
-    image = served.test_images()[0]
+    image = served.sample_images()[0]
     cases = load.hostile_requests(served.MODEL_NAME, image, MAX_REQUEST_BYTES)
     assert _rest(rest_port).predict([image])["num_detections"].shape == (1,)
     exact_peak = load.reset_peak_memory(process.pid)
@@ -107,7 +107,7 @@ def test_sixty_four_silent_connections_do_not_stop_valid_requests(server):
         # Half of them began a request and stalled; none sends anything more.
         for sock in silent[::2]:
             sock.sendall(b"POST /v1/models/maskrcnn:predict HTTP/1.1\r\nHost: x\r\n")
-        images = served.test_images()
+        images = served.sample_images()
         with _rest(rest_port) as rest, _grpc(grpc_port) as grpc:
             for i in range(4):
                 assert rest.predict([images[i % 3]])["num_detections"].shape == (1,)
@@ -135,7 +135,7 @@ def _metric(rest_port, name, **labels):
 
 def test_a_version_pushed_during_a_stream_takes_over_without_a_failed_request(server, base_dir):
     _, rest_port, grpc_port, access_log = server
-    images = served.test_images()
+    images = served.sample_images()
     rest_ok = dict(name="maskrcnn_serving_requests_total", API="predict", entrypoint="REST", status="OK")
     rest_before = {v: _metric(rest_port, **rest_ok, version=v) for v in ("1", "2")}
     errors, grpc_versions, rest_calls = [], [], []
@@ -224,7 +224,7 @@ def test_sigterm_during_a_stream_loses_no_request_and_retries_carry_it_through_a
     done = threading.Event()
 
     def stream(name, make):
-        images = served.test_images()
+        images = served.sample_images()
         with make() as client:
             i = 0
             while not done.is_set() and i < 300:

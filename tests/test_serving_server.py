@@ -20,7 +20,7 @@ import portpicker
 import pytest
 from PIL import Image
 
-import _serving_model as served
+from maskrcnn_tfx.testing import models as served
 import maskrcnn_tfx  # noqa: F401
 from maskrcnn_tfx import cli
 from maskrcnn_tfx import masks as masks_lib
@@ -105,7 +105,7 @@ def _assert_same_outputs(got, expected):
 
 
 def test_rest_and_grpc_answer_what_the_saved_model_answers(server, direct):
-    images = served.test_images()
+    images = served.sample_images()
     expected = direct(images)
     assert expected["num_detections"].sum() > 0
     _assert_same_outputs(_rest(server).predict(images), expected)
@@ -116,7 +116,7 @@ def test_rest_and_grpc_answer_what_the_saved_model_answers(server, direct):
 
 
 def test_detections_have_full_image_masks_and_label_map_names(server, direct):
-    images = served.test_images()
+    images = served.sample_images()
     expected = detections_lib.from_outputs(direct(images), label_map=served.LABEL_MAP, score_threshold=0.0)
     for client in (_rest(server), _grpc(server)):
         # No label map given: the client reads it from the local server's metadata.
@@ -165,7 +165,7 @@ def test_status_and_metadata_are_tf_servings(server):
 
 
 def test_version_numbers_and_labels_select_the_version(server, direct):
-    images = served.test_images()[:1]
+    images = served.sample_images()[:1]
     expected = direct(images)
     _assert_same_outputs(_rest(server, version=FIRST_VERSION).predict(images), expected)
     _assert_same_outputs(_rest(server, version_label="stable").predict(images), expected)
@@ -199,11 +199,11 @@ def test_bad_requests_get_a_clear_4xx_and_serving_continues(server, path, body, 
                                {"Content-Type": "application/json"})
     assert got_status == status
     assert set(answer) == {"error"} and message in answer["error"]
-    assert _rest(server).predict(served.test_images()[:1])["num_detections"].shape == (1,)
+    assert _rest(server).predict(served.sample_images()[:1])["num_detections"].shape == (1,)
 
 
 def test_unknown_model_is_404_on_every_api(server):
-    body = rest_body(served.test_images()[:1])
+    body = rest_body(served.sample_images()[:1])
     status, answer = _http(server, "POST", "/v1/models/nope:predict", body)
     assert (status, answer) == (404, {"error": "Servable not found for request: Latest(nope)"})
     status, answer = _http(server, "GET", "/v1/models/nope")
@@ -211,7 +211,7 @@ def test_unknown_model_is_404_on_every_api(server):
     status, answer = _http(server, "GET", "/v1/models/nope/metadata")
     assert status == 404
     with pytest.raises(client_lib.PredictionError) as raised:
-        _grpc(server, model_name="nope").predict(served.test_images()[:1])
+        _grpc(server, model_name="nope").predict(served.sample_images()[:1])
     assert raised.value.status == "NOT_FOUND" and not raised.value.retryable
     status, answer = _http(server, "GET", "/v1/models")
     assert status == 400 and "Missing model name" in answer["error"]
@@ -224,12 +224,12 @@ def test_oversized_bodies_are_refused_before_parsing(server):
     with pytest.raises(client_lib.PredictionError) as raised:
         _grpc(server).predict([os.urandom(MAX_REQUEST_BYTES + 10)])
     assert raised.value.status == "RESOURCE_EXHAUSTED"
-    assert _grpc(server).predict(served.test_images()[:1])["num_detections"].shape == (1,)
+    assert _grpc(server).predict(served.sample_images()[:1])["num_detections"].shape == (1,)
 
 
 def test_not_an_image_over_grpc_names_the_image(server):
     with pytest.raises(client_lib.PredictionError) as raised:
-        _grpc(server).predict([served.test_images()[0], b"plain text"])
+        _grpc(server).predict([served.sample_images()[0], b"plain text"])
     assert raised.value.status == "INVALID_ARGUMENT"
     assert "[1]" in str(raised.value) and sig.NOT_AN_IMAGE_MESSAGE in str(raised.value)
 
@@ -248,7 +248,7 @@ def _served_versions(server):
 
 
 def test_versions_the_pusher_adds_are_picked_up_and_broken_ones_skipped(server, base_dir, model_dir, direct):
-    images = served.test_images()[:1]
+    images = served.sample_images()[:1]
     expected = direct(images)
     # A copy still in progress (no saved_model.pb yet: the Pusher writes it last) is not a version.
     half = os.path.join(base_dir, "3")
@@ -278,7 +278,7 @@ def test_versions_the_pusher_adds_are_picked_up_and_broken_ones_skipped(server, 
 
 
 def test_eight_clients_twenty_requests_each(server):
-    images = served.test_images()
+    images = served.sample_images()
     errors, answered = [], []
 
     def run(index):
@@ -302,7 +302,7 @@ def test_eight_clients_twenty_requests_each(server):
 
 def _write_images(directory):
     paths = []
-    for i, encoded in enumerate(served.test_images()):
+    for i, encoded in enumerate(served.sample_images()):
         extension = "jpg" if encoded.startswith(b"\xff\xd8\xff") else "png"
         path = os.path.join(directory, f"{i + 1:012d}.{extension}")
         with open(path, "wb") as f:
@@ -326,7 +326,7 @@ def test_predict_command_writes_coco_results_and_overlays(server, direct, tmp_pa
     assert all(p in printed for p in paths)
 
     results = json.loads(results_file.read_text())
-    expected = detections_lib.from_outputs(direct(served.test_images()), label_map=served.LABEL_MAP,
+    expected = detections_lib.from_outputs(direct(served.sample_images()), label_map=served.LABEL_MAP,
                                            score_threshold=0.2)
     assert len(results) == sum(len(e) for e in expected) > 0
     by_image = {}

@@ -1,4 +1,4 @@
-"""What the serving load and fault tests and ``benchmarks/serving_load.py`` share: hostile requests of every
+"""What the serving tests and benchmarks share: hostile requests of every
 kind the server must refuse (each with the statuses it may answer), ``maskrcnn-tfx serve`` as a process, and
 its resident memory.
 
@@ -23,7 +23,6 @@ import time
 import zlib
 from typing import List, Optional, Sequence, Tuple
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BOMB_SIDES = (20000, 40000)
 
 
@@ -155,7 +154,7 @@ def serve_command(base_dir: str, model: str, rest_port: int, grpc_port: int, *ex
 
 def start_server(command: List[str], log_path: str) -> subprocess.Popen:
     log = open(log_path, "ab")  # pylint: disable=consider-using-with  (the process owns it)
-    return subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
 
 
 def wait_until_serving(rest_port: int, process: subprocess.Popen, model: str, timeout: float = 600) -> None:

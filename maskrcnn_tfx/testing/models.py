@@ -1,4 +1,4 @@
-"""One exported tiny Mask R-CNN for the serving tests and benchmark, made once per process.
+"""One exported tiny Mask R-CNN for the serving tests and benchmarks, made once per process.
 
 The ``tiny`` preset, random-init weights (nothing is downloaded), exported by the product's own
 ``maskrcnn_tfx.trainer.export.export_serving_model`` with the shapes label map. Without a Transform graph the model uses
@@ -16,7 +16,6 @@ from typing import List
 
 import numpy as np
 
-import maskrcnn_tfx  # noqa: F401  (selects tf_keras before TensorFlow loads)
 from maskrcnn_tfx.label_map import LabelMap
 
 LABEL_MAP = LabelMap.from_pairs([(1, "square"), (2, "circle"), (3, "triangle")])
@@ -41,7 +40,7 @@ def exported_model_dir() -> str:
     config = config_lib.load_config("tiny")
     model = model_lib.build_model(config_lib.to_experiment_config(config, LABEL_MAP))
     model_dir = os.path.join(work_dir, "saved_model")
-    export.export_serving_model(model, config, LABEL_MAP, model_dir, warmup_images=test_images()[:2])
+    export.export_serving_model(model, config, LABEL_MAP, model_dir, warmup_images=sample_images()[:2])
     return model_dir
 
 
@@ -66,7 +65,7 @@ def _image(height: int, width: int, seed: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=None)
-def test_images() -> List[bytes]:
+def sample_images() -> List[bytes]:
     """Three small encoded images of different sizes: PNG, JPEG, PNG."""
     from PIL import Image  # pylint: disable=import-outside-toplevel
 
