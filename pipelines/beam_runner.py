@@ -14,6 +14,7 @@ import maskrcnn_tfx  # noqa: F401  (selects tf_keras before TensorFlow loads)
 # Not exported under tfx.v1 in TFX 1.16; this is the IR-based runner (the same MLMD layout as LocalDagRunner).
 from tfx.orchestration.beam.beam_dag_runner import BeamDagRunner
 
+from maskrcnn_tfx.files import is_remote
 from maskrcnn_tfx.pipelines.config import PipelineConfig
 from maskrcnn_tfx.pipelines.pipeline import create_pipeline
 from maskrcnn_tfx.pipelines.run_output import drop_false_warnings
@@ -23,6 +24,6 @@ def run(config: PipelineConfig) -> None:
     """Validates ``config``, then runs the pipeline with BeamDagRunner; a failing component raises."""
     drop_false_warnings()
     config = config.replace(runner="beam").validate()
-    if "://" not in config.resolved_metadata_path:
+    if not is_remote(config.resolved_metadata_path):
         os.makedirs(os.path.dirname(config.resolved_metadata_path), exist_ok=True)
     BeamDagRunner().run(create_pipeline(config, validated=True))

@@ -35,6 +35,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import yaml
 
 from maskrcnn_tfx import label_map as label_map_lib
+from maskrcnn_tfx.files import is_remote
 
 RUNNERS = ("local", "beam", "kubeflow")
 INFRA_VALIDATION_MODES = ("off", "docker", "kubernetes")
@@ -323,7 +324,7 @@ class PipelineConfig:
         spans = [SPAN_TOKEN in p for p in patterns]
         need(all(spans) or not any(spans), f"either every pattern holds {SPAN_TOKEN} or none does: {patterns}")
         need(all(not os.path.isabs(p) for p in patterns), f"data patterns are relative to data.root: {patterns}")
-        if check_files and d.root and _is_local(d.root):
+        if check_files and d.root and not is_remote(d.root):
             need(os.path.isdir(d.root), f"data.root {d.root} is not a directory")
             need(os.path.isfile(c.label_map_path),
                  f"no label map at {c.label_map_path} (set data.label_map_path, or convert the data with "
@@ -336,11 +337,11 @@ class PipelineConfig:
         need(t.eval_steps >= -1, f"trainer.eval_steps must be >= -1, not {t.eval_steps}")
         need(isinstance(t.overrides, dict), "trainer.overrides must be a mapping of trainer fields")
         # Components may run in another working directory: a local checkpoint path is made absolute.
-        if t.init_checkpoint and _is_local(t.init_checkpoint):
+        if t.init_checkpoint and not is_remote(t.init_checkpoint):
             t.init_checkpoint = _checkpoint_path(t.init_checkpoint)
         train_overrides = t.overrides.get("train") if isinstance(t.overrides, dict) else None
         if isinstance(train_overrides, dict) and isinstance(train_overrides.get("init_checkpoint"), str) \
-                and train_overrides["init_checkpoint"] and _is_local(train_overrides["init_checkpoint"]):
+                and train_overrides["init_checkpoint"] and not is_remote(train_overrides["init_checkpoint"]):
             train_overrides["init_checkpoint"] = _checkpoint_path(train_overrides["init_checkpoint"])
         if not problems:
             # The Trainer would fail only after Transform: check the trainer configuration now.
@@ -352,7 +353,7 @@ class PipelineConfig:
                 problems.append(f"trainer: {e}")
             else:
                 # The Trainer would only find a missing checkpoint after Transform: check it now.
-                if check_files and init_checkpoint and _is_local(init_checkpoint):
+                if check_files and init_checkpoint and not is_remote(init_checkpoint):
                     problem = _checkpoint_problem(init_checkpoint)
                     need(problem is None, f"trainer.init_checkpoint: {problem}")
 
@@ -397,7 +398,7 @@ def _warn_if_slow_tfma_box_metric(config: PipelineConfig) -> None:
 
     path = config.label_map_path
     try:
-        if not (_is_local(path) and os.path.isfile(path)):
+        if is_remote(path) or not os.path.isfile(path):
             raise OSError("not a local file")
         num_classes = len(label_map_lib.LabelMap.load(path))
     except (OSError, ValueError) as e:  # remote or not yet written: the classes are unknown
@@ -413,12 +414,8 @@ def _warn_if_slow_tfma_box_metric(config: PipelineConfig) -> None:
         logging.getLogger(__name__).warning("%s", cost.message())
 
 
-def _is_local(path: str) -> bool:
-    return "://" not in path
-
-
 def _absolute(path: str) -> str:
-    return os.path.abspath(os.path.expanduser(path)) if _is_local(path) else path
+    return os.path.abspath(os.path.expanduser(path)) if not is_remote(path) else path
 
 
 def _checkpoint_path(path: str) -> str:

@@ -13,6 +13,7 @@ import os
 import maskrcnn_tfx  # noqa: F401  (selects tf_keras before TensorFlow loads)
 from tfx import v1 as tfx
 
+from maskrcnn_tfx.files import is_remote
 from maskrcnn_tfx.pipelines.config import PipelineConfig
 from maskrcnn_tfx.pipelines.pipeline import create_pipeline
 
@@ -22,7 +23,7 @@ def output_file(config: PipelineConfig) -> str:
     root when it is a mounted local folder, or the current directory when the root is remote."""
     if config.kubeflow.output_file:
         return os.path.abspath(config.kubeflow.output_file)
-    folder = config.pipeline_root if "://" not in config.pipeline_root else os.getcwd()
+    folder = os.getcwd() if is_remote(config.pipeline_root) else config.pipeline_root
     return os.path.join(folder, f"{config.pipeline_name}.json")
 
 

@@ -29,6 +29,7 @@ import time
 from typing import Dict, Iterator, List, Optional, Sequence, TextIO
 
 from maskrcnn_tfx import progress as progress_lib
+from maskrcnn_tfx.files import is_remote
 
 # The log records by which TFX 1.16's runners and launcher say what a node does (absl logging, Python logger
 # "absl"): LocalDagRunner's and BeamDagRunner's, then the launcher's.
@@ -64,7 +65,7 @@ def drop_false_warnings() -> None:
 def log_path_for(pipeline_root: str, now: Optional[datetime.datetime] = None) -> str:
     """A new log file's path for a run: under the pipeline root, or the temp folder for a remote root."""
     stamp = (now or datetime.datetime.now()).strftime("%Y%m%d-%H%M%S")
-    folder = (os.path.join(tempfile.gettempdir(), "maskrcnn-tfx-logs") if "://" in pipeline_root
+    folder = (os.path.join(tempfile.gettempdir(), "maskrcnn-tfx-logs") if is_remote(pipeline_root)
               else os.path.join(pipeline_root, "logs"))
     path = os.path.join(folder, f"run-{stamp}.log")
     n = 1
@@ -77,7 +78,7 @@ def log_path_for(pipeline_root: str, now: Optional[datetime.datetime] = None) ->
 def previous_durations(metadata_path: str, pipeline_name: str) -> Dict[str, float]:
     """Seconds each component's latest completed execution took, from the metadata store (before a run: the
     estimate of how long it will take again). Empty when the store is absent or unreadable."""
-    if "://" in metadata_path or not os.path.exists(metadata_path):
+    if is_remote(metadata_path) or not os.path.exists(metadata_path):
         return {}
     try:
         from ml_metadata import metadata_store  # pylint: disable=g-import-not-at-top

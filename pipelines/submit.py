@@ -24,6 +24,8 @@ import re
 import tempfile
 from typing import TYPE_CHECKING, List, Optional
 
+from maskrcnn_tfx.files import is_remote
+
 if TYPE_CHECKING:
     from maskrcnn_tfx.pipelines.config import PipelineConfig
 
@@ -92,7 +94,7 @@ def config_problems(config: "PipelineConfig") -> List[str]:
              ("serving_dir", config.resolved_serving_dir), ("data.label_map_path", config.label_map_path),
              ("data.schema_path", config.data.schema_path)]
     preset = config.trainer.preset
-    if preset.endswith((".yaml", ".yml")) or os.sep in preset or "://" in preset:
+    if preset.endswith((".yaml", ".yml")) or os.sep in preset or is_remote(preset):
         paths.append(("trainer.preset (a preset file)", preset))
     paths += [(f"trainer.overrides {key}", value) for key, value in _init_checkpoints(config.trainer.overrides)]
     for field, path in paths:
@@ -166,7 +168,7 @@ def _path_problem(field: str, path: str, mounted: List[str], *, vertex: bool) ->
             return None
         return (f"{field} {path} is not in Cloud Storage: Vertex AI's pipeline steps run on Google's machines and "
                 f"read only gs:// paths; copy it to a bucket and give a gs://BUCKET/... URI")
-    if "://" in path:
+    if is_remote(path):
         return None
     real = os.path.normpath(path)
     if any(real == m or real.startswith(m.rstrip(os.sep) + os.sep) for m in mounted):

@@ -32,6 +32,7 @@ import threading
 import time
 from typing import Callable, List, Optional, Tuple
 
+from maskrcnn_tfx.files import is_remote
 from maskrcnn_tfx.pipelines.config import SPAN_TOKEN, PipelineConfig, PipelineConfigError
 
 STATE_FILE = "watch_state.json"
@@ -94,7 +95,7 @@ class Watcher:
         if not all(SPAN_TOKEN in p for p in patterns):
             raise PipelineConfigError(f"{self.config_file}: watch needs span patterns: data patterns with "
                                       f"{SPAN_TOKEN} (e.g. span-{SPAN_TOKEN}/train/*), not {patterns}")
-        if "://" in config.resolved_metadata_path:
+        if is_remote(config.resolved_metadata_path):
             raise PipelineConfigError(f"{self.config_file}: the metadata store must be a local file")
         return config
 

@@ -258,10 +258,6 @@ def test_custom_config_ignores_the_cloud_extensions_keys():
 
 
 def test_export_precision_is_configured_from_yaml_and_custom_config(tmp_path):
-    from maskrcnn_tfx.trainer import export as export_lib  # pylint: disable=g-import-not-at-top
-
-    # The config accepts exactly what the export can build.
-    assert tuple(config_lib.SERVING_PRECISIONS) == tuple(export_lib.PRECISIONS)
     for name in config_lib.preset_names():
         export = config_lib.load_config(name).export
         assert (export.precision, export.jit_compile) == ("float32", False)

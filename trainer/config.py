@@ -30,6 +30,7 @@ from official.core import exp_factory
 from official.modeling import hyperparams
 from official.vision.configs import backbones as mg_backbones
 
+from maskrcnn_tfx.files import is_remote
 from maskrcnn_tfx.images import DEFAULT_MAX_IMAGE_PIXELS
 from maskrcnn_tfx.label_map import LabelMap
 
@@ -53,7 +54,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("constant", "stepwise", "cosine")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 COMPRESSIONS = ("auto", "gzip", "none")
-# Compute precisions of the exported serving model (trainer/export.py; its PRECISIONS must list the same).
+# Compute precisions of the exported serving model (trainer/export.py builds each one).
 SERVING_PRECISIONS = ("float32", "bfloat16")
 # What train.init_checkpoint loads (trainer/model.py's INIT_MODES): see TrainConfig.
 INIT_CHECKPOINT_MODULES = ("backbone", "backbone_fpn", "all_but_class_layers", "all")
@@ -246,14 +247,10 @@ def preset_names() -> List[str]:
     return sorted(f[:-len(".yaml")] for f in os.listdir(PRESETS_DIR) if f.endswith(".yaml"))
 
 
-def _is_remote(path: str) -> bool:
-    return "://" in path
-
-
 def preset_path(name_or_path: str) -> str:
     """A preset's YAML file: a name from ``trainer/presets``, or a path (local or gs://...) to a YAML file."""
-    if name_or_path.endswith((".yaml", ".yml")) or os.sep in name_or_path or _is_remote(name_or_path):
-        exists = (tf.io.gfile.exists(name_or_path) if _is_remote(name_or_path) else os.path.isfile(name_or_path))
+    if name_or_path.endswith((".yaml", ".yml")) or os.sep in name_or_path or is_remote(name_or_path):
+        exists = (tf.io.gfile.exists(name_or_path) if is_remote(name_or_path) else os.path.isfile(name_or_path))
         if not exists:
             raise ConfigError(f"config file {name_or_path!r} does not exist")
         return name_or_path
@@ -264,7 +261,7 @@ def preset_path(name_or_path: str) -> str:
 
 
 def _read_yaml(path: str) -> Dict[str, Any]:
-    with (tf.io.gfile.GFile(path, "r") if _is_remote(path) else open(path, encoding="utf-8")) as f:
+    with (tf.io.gfile.GFile(path, "r") if is_remote(path) else open(path, encoding="utf-8")) as f:
         try:
             body = yaml.safe_load(f)
         except yaml.YAMLError as e:

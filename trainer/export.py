@@ -58,7 +58,7 @@ from maskrcnn_tfx import example_format as ef
 from maskrcnn_tfx import images as images_lib
 from maskrcnn_tfx import label_map as label_map_lib
 from maskrcnn_tfx.trainer import preprocessing
-from maskrcnn_tfx.trainer.config import TrainerConfig, to_experiment_config
+from maskrcnn_tfx.trainer.config import SERVING_PRECISIONS as PRECISIONS, TrainerConfig, to_experiment_config
 
 if TYPE_CHECKING:
     import tensorflow_transform as tft
@@ -69,7 +69,6 @@ from maskrcnn_tfx.signature import (EXAMPLES_INPUT, IMAGE_TOO_LARGE_MESSAGE, IMA
                                     TF_EXAMPLE_SIGNATURE, WARMUP_FILE)
 
 # Serving precisions: float32 (the default) or bfloat16 compute for the heavy layers (see _BFLOAT16_FLOAT32_PARTS).
-PRECISIONS = ("float32", "bfloat16")
 # With precision="bfloat16", these sub-layers of Model Garden's Mask R-CNN still compute in float32: the final
 # predictions of each head (their outputs are decoded into boxes, ranked by score and thresholded) and the
 # layers without weights that decode, rank, suppress and crop boxes in image coordinates, where bfloat16's 8
