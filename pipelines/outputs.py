@@ -16,6 +16,7 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 from tfx.orchestration import metadata as tfx_metadata
 
+from maskrcnn_tfx.pipelines import component_ids as ids
 from maskrcnn_tfx.pipelines.config import PipelineConfig
 
 _STATE_NAMES = {v: k for k, v in metadata_store_pb2.Execution.State.items()}
@@ -219,7 +220,7 @@ def summarize_run(config: PipelineConfig) -> Optional[RunSummary]:
 
 def summarize(summary: RunSummary) -> RunSummary:
     """Fills in a run's blessing, pushed model and overall eval metrics (from :func:`pipeline_runs`)."""
-    evaluator = summary.executions.get("Evaluator")
+    evaluator = summary.executions.get(ids.EVALUATOR)
     if evaluator is not None:
         blessing = evaluator.outputs.get("blessing", [])
         if blessing:
@@ -238,7 +239,7 @@ def summarize(summary: RunSummary) -> RunSummary:
                     summary.blessing_reasons.append(
                         "comparison with the last blessed model: not applied (no baseline: no model had been "
                         "blessed before this run)")
-    pusher = summary.executions.get("Pusher")
+    pusher = summary.executions.get(ids.PUSHER)
     if pusher is not None:
         pushed = pusher.outputs.get("pushed_model", [])
         if pushed and pushed[0].custom_properties.get("pushed", 0):

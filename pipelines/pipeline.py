@@ -19,18 +19,13 @@ from tfx.dsl.components.base import base_node
 from maskrcnn_tfx.components.annotation_validator import AnnotationValidator
 from maskrcnn_tfx.components.anomalies_gate import AnomaliesGate
 from maskrcnn_tfx.label_map import LabelMap
+from maskrcnn_tfx.pipelines import component_ids as ids
 from maskrcnn_tfx.pipelines import eval_config as eval_config_lib
 from maskrcnn_tfx.pipelines.config import PipelineConfig
 
 PREPROCESSING_FN = "maskrcnn_tfx.trainer.preprocessing.preprocessing_fn"
 RUN_FN = "maskrcnn_tfx.trainer.task.run_fn"
-RESOLVER_ID = "latest_blessed_model_resolver"
 SERVING_SIGNATURE = eval_config_lib.DEFAULT_SIGNATURE
-
-# Component ids in pipeline order (the TFX defaults, plus ours): used by outputs, tests and the benchmark.
-COMPONENT_IDS = ("ImportExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "AnomaliesGate",
-                 "AnnotationValidator", "Transform", "Trainer", RESOLVER_ID, "Evaluator", "InfraValidator",
-                 "Pusher")
 
 
 def _input_config(config: PipelineConfig) -> tfx.proto.Input:
@@ -64,7 +59,7 @@ def _infra_validator(config: PipelineConfig, examples, model) -> Optional[tfx.co
         tensorflow_serving=tfx.proto.TensorFlowServingRequestSpec(signature_names=[SERVING_SIGNATURE]),
         num_examples=iv.num_examples, split_name="eval")
     return tfx.components.InfraValidator(model=model, examples=examples, serving_spec=serving_spec,
-                                         request_spec=request_spec)
+                                         request_spec=request_spec).with_id(ids.INFRA_VALIDATOR)
 
 
 def trainer_custom_config(config: PipelineConfig) -> Dict[str, Any]:
@@ -102,31 +97,34 @@ def create_pipeline(config: PipelineConfig, *, validated: bool = False) -> tfx.d
     label_map = LabelMap.load(config.label_map_path)
 
     example_gen = tfx.components.ImportExampleGen(
-        input_base=config.data.root, input_config=_input_config(config), output_config=_output_config(config))
-    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+        input_base=config.data.root, input_config=_input_config(config),
+        output_config=_output_config(config)).with_id(ids.EXAMPLE_GEN)
+    statistics_gen = tfx.components.StatisticsGen(
+        examples=example_gen.outputs["examples"]).with_id(ids.STATISTICS_GEN)
     if config.data.schema_path:
-        schema_gen = tfx.components.ImportSchemaGen(schema_file=config.data.schema_path)
+        schema_gen = tfx.components.ImportSchemaGen(schema_file=config.data.schema_path).with_id(ids.IMPORT_SCHEMA_GEN)
     else:
         # Per-instance features vary in length; a shape inferred from a few images would reject new data.
         schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"],
-                                              infer_feature_shape=False)
-    example_validator = tfx.components.ExampleValidator(statistics=statistics_gen.outputs["statistics"],
-                                                        schema=schema_gen.outputs["schema"])
-    anomalies_gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"])
+                                              infer_feature_shape=False).with_id(ids.SCHEMA_GEN)
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"],
+        schema=schema_gen.outputs["schema"]).with_id(ids.EXAMPLE_VALIDATOR)
+    anomalies_gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"]).with_id(ids.ANOMALIES_GATE)
     from maskrcnn_tfx.trainer import config as trainer_config  # pylint: disable=g-import-not-at-top
 
     # Training data is held to the served model's image size limit.
     max_image_pixels = trainer_config.load_config(overrides=config.trainer_custom_config()).export.max_image_pixels
     annotation_validator = AnnotationValidator(examples=example_gen.outputs["examples"],
                                                label_map_path=config.label_map_path,
-                                               max_image_pixels=max_image_pixels)
+                                               max_image_pixels=max_image_pixels).with_id(ids.ANNOTATION_VALIDATOR)
 
     # No TFDV statistics of its own: before the transform they are StatisticsGen's on the same examples, after
     # it the same features plus two constant ones. No analyzer cache: nothing feeds it back (it pays off
     # only with analyzer_cache wired from an earlier span), and writing it is a pass of its own.
     transform = tfx.components.Transform(examples=example_gen.outputs["examples"],
                                          schema=schema_gen.outputs["schema"], preprocessing_fn=PREPROCESSING_FN,
-                                         disable_statistics=True, disable_analyzer_cache=True)
+                                         disable_statistics=True, disable_analyzer_cache=True).with_id(ids.TRANSFORM)
     # Both validators gate the first costly step: nothing is transformed or trained on data that failed.
     transform.add_upstream_node(anomalies_gate)
     transform.add_upstream_node(annotation_validator)
@@ -136,13 +134,13 @@ def create_pipeline(config: PipelineConfig, *, validated: bool = False) -> tfx.d
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
-        custom_config=trainer_custom_config(config))
+        custom_config=trainer_custom_config(config)).with_id(ids.TRAINER)
 
     # The model to beat: the latest one the Evaluator blessed (none on the first run: no comparison then).
     baseline_resolver = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing)).with_id(RESOLVER_ID)
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing)).with_id(ids.RESOLVER)
 
     ev = config.evaluation
     eval_config = eval_config_lib.build_eval_config(
@@ -153,14 +151,15 @@ def create_pipeline(config: PipelineConfig, *, validated: bool = False) -> tfx.d
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
         baseline_model=baseline_resolver.outputs["model"], eval_config=eval_config,
-        module_path=eval_config_lib.EVALUATOR_MODULE_PATH)
+        module_path=eval_config_lib.EVALUATOR_MODULE_PATH).with_id(ids.EVALUATOR)
 
     infra_validator = _infra_validator(config, example_gen.outputs["examples"], trainer.outputs["model"])
     pusher = tfx.components.Pusher(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
         infra_blessing=infra_validator.outputs["blessing"] if infra_validator else None,
         push_destination=tfx.proto.PushDestination(
-            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.resolved_serving_dir)))
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=config.resolved_serving_dir))
+    ).with_id(ids.PUSHER)
 
     components: List[base_node.BaseNode] = [
         example_gen, statistics_gen, schema_gen, example_validator, anomalies_gate, annotation_validator,

@@ -15,16 +15,10 @@ import re
 from typing import Dict, List, Optional
 
 from maskrcnn_tfx.pipelines import outputs
+# The pipeline's component ids, re-exported for the report's modules (runs_lib.TRAINER ...).
+from maskrcnn_tfx.pipelines.component_ids import (  # noqa: F401
+    ANNOTATION_VALIDATOR, EVALUATOR, EXAMPLE_GEN, EXAMPLE_VALIDATOR, PUSHER, STATISTICS_GEN, TRAINER)
 from maskrcnn_tfx.pipelines.config import PipelineConfig
-
-# Component ids and artifact keys of the pipeline (pipelines/pipeline.py; TFX's standard components' keys).
-EXAMPLE_GEN = "ImportExampleGen"
-STATISTICS_GEN = "StatisticsGen"
-EXAMPLE_VALIDATOR = "ExampleValidator"
-ANNOTATION_VALIDATOR = "AnnotationValidator"
-TRAINER = "Trainer"
-EVALUATOR = "Evaluator"
-PUSHER = "Pusher"
 
 COMPLETE, FAILED, RUNNING = "complete", "failed", "running"
 _DONE_STATES = ("COMPLETE", "CACHED")
