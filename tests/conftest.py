@@ -25,7 +25,7 @@ def coco128_dir():
 # Each test module is one unit of work, kept whole on one worker so that its module fixtures are built once.
 # Modules that share something costlier than a module fixture are one unit: those using the session's local
 # pipeline runs (built once per worker process), those exporting the serving tests' model (once per process,
-# tests/_serving_model.py), and the two trainer modules whose training processes start together
+# maskrcnn_tfx.testing.models), and the two trainer modules whose training processes start together
 # (tests/_trainer_runs.py). The heaviest units go first so that no worker is left alone at the end
 # with a long one (the order also holds without xdist; the tests do not depend on it).
 LOCAL_PIPELINE_GROUP = "local_pipeline"
@@ -42,7 +42,7 @@ def pytest_configure(config):
 
 def pytest_collection_modifyitems(config, items):
     del config
-    import _serving_model  # pylint: disable=import-outside-toplevel
+    from maskrcnn_tfx.testing import models as serving_model  # pylint: disable=import-outside-toplevel
 
     pipeline_modules = {item.module.__name__ for item in items if "local_pipeline" in item.fixturenames}
     groups = {}
@@ -50,7 +50,7 @@ def pytest_collection_modifyitems(config, items):
         module = item.module.__name__
         if module in pipeline_modules:
             group = LOCAL_PIPELINE_GROUP
-        elif any(value is _serving_model for value in vars(item.module).values()):
+        elif any(value is serving_model for value in vars(item.module).values()):
             group = SERVING_MODEL_GROUP
         else:
             group = SHARED_GROUPS.get(module, module)

@@ -3,7 +3,7 @@ gRPC answer what the SavedModel answers when called directly; metadata, status, 
 bad request gets a clear 4xx and the server keeps serving; a pushed version is picked up, a half-written or
 broken one is not; 8 clients x 20 requests; the predict command end to end.
 
-One model export per session (tests/_serving_model.py); one server for the module.
+One model export per session (maskrcnn_tfx.testing.models); one server for the module.
 """
 import base64
 import io
