@@ -7,8 +7,8 @@ model runs. Then, in the same run:
 
 - TFMA (``tfma.run_model_analysis`` without a model, ``ModelSpec.prediction_keys`` naming the stored
   predictions) with the product's EvalConfig (``maskrcnn_tfx.pipelines.eval_config.build_eval_config``: mask AP and the
-  default exact box AP, sliced by object count, ``maskrcnn_tfx.pipelines.metrics.custom_extractors``), on Beam's DirectRunner
-  in process and in 2 worker processes;
+  default exact box AP, sliced by object count, ``maskrcnn_tfx.pipelines.metrics.custom_extractors``), on Beam's
+  DirectRunner in process and in 2 worker processes;
 - pycocotools' ``COCOeval`` ``segm`` and ``bbox`` directly: the same records read and parsed, ground-truth PNG
   masks decoded and RLE-encoded, the detections' masks pasted with the product's paste
   (``maskrcnn_tfx.masks.paste_masks``), then COCO's evaluate / accumulate / summarize;
@@ -25,11 +25,11 @@ extrapolated to 0 images). Both sides first run once, untimed, on ``--warmup-ima
 of a process do not land on the first row (those times are printed too).
 
 ``--tfma-box-images N`` also times TFMA's own ``COCOMeanAveragePrecision`` (``box_metric: tfma``) on N images of
-3 classes against the estimate ``maskrcnn_tfx.pipelines.config`` warns with. ``--with-model`` runs the whole local pipeline
-on coco128 (``$MASKRCNN_TFX_COCO128``: converted, the tiny model at 256 px trained a few steps) and prints the
+3 classes against the estimate ``maskrcnn_tfx.pipelines.config`` warns with. ``--with-model`` runs the whole local
+pipeline on coco128 (``$MASKRCNN_TFX_COCO128``: converted, the tiny model at 256 px trained a few steps) and prints the
 Evaluator component's time from ML Metadata.
 
-    .venv/bin/python benchmarks/evaluator.py [--images 500] [--marginal-images 2000] [--classes 3 20 80] [--with-model]
+    .venv/bin/python -m benchmarks.evaluator [--images 500] [--marginal-images 2000] [--classes 3 20 80] [--with-model]
 """
 from __future__ import annotations
 
@@ -44,12 +44,8 @@ import tempfile
 import time
 from typing import Dict, List, Sequence, Tuple
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
-
-import maskrcnn_tfx  # noqa: E402,F401  (before TensorFlow: selects tf_keras)
-import numpy as np  # noqa: E402
+import maskrcnn_tfx  # noqa: F401  (before TensorFlow: selects tf_keras)
+import numpy as np
 
 MASK_SIZE = 28
 SUMMARY = ("", "50", "75", "_small", "_medium", "_large")
@@ -292,6 +288,7 @@ def largest_difference(tfma_values: Dict[str, float], coco_values: Dict[str, flo
 
 def evaluator_on_coco128(work: str, train_steps: int, image_size: int) -> Dict[str, float]:
     from maskrcnn_tfx.data.convert import convert_coco  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.pipelines import component_ids as ids  # pylint: disable=g-import-not-at-top
     from maskrcnn_tfx.pipelines import local_runner, outputs  # pylint: disable=g-import-not-at-top
     from maskrcnn_tfx.pipelines.config import PipelineConfig  # pylint: disable=g-import-not-at-top
 
@@ -314,10 +311,10 @@ def evaluator_on_coco128(work: str, train_steps: int, image_size: int) -> Dict[s
     local_runner.run(config)
     total = time.monotonic() - start
     summary = outputs.summarize_run(config)
-    evaluator = summary.executions["Evaluator"]
+    evaluator = summary.executions[ids.EVALUATOR]
     print("\n".join(summary.lines()))
     return {"eval_images": float(report.splits["eval"].images), "evaluator_s": evaluator.seconds, "run_s": total,
-            "trainer_s": summary.executions["Trainer"].seconds}
+            "trainer_s": summary.executions[ids.TRAINER].seconds}
 
 
 # --------------------------------------------------------------------------------------------------------------

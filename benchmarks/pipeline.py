@@ -16,12 +16,13 @@ everything but ``train_steps`` such steps.
 the ratio of their fixed costs: absolute times drift on a shared machine, a ratio measured side by side much
 less. Every run is a subprocess with ``PYTHONPATH`` set to its checkout.
 
-    .venv/bin/python benchmarks/pipeline.py [--data shapes|coco128] [--num-images 256] [--train-steps 50] \
+    .venv/bin/python -m benchmarks.pipeline [--data shapes|coco128] [--num-images 256] [--train-steps 50] \
         [--box-metric pycocotools] [--peer /path/to/other/checkout] [--repeats 1] [--work-dir DIR]
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import shutil
@@ -33,7 +34,6 @@ import time
 from typing import Any, Dict, List, Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAINER_ID = "Trainer"
 COCO128_ENV = "MASKRCNN_TFX_COCO128"
 # Length of one training loop during the benchmark: short, so that a few loops follow the first one.
 SUMMARY_INTERVAL = 5
@@ -88,11 +88,24 @@ def step_seconds(model_run_uri: str) -> Optional[float]:
     return statistics.mean(1.0 / rate for rate in rates) if rates else None
 
 
+def _product_module(name: str):
+    """A module of the code on the child's PYTHONPATH: ``maskrcnn_tfx.<name>``, or ``<name>`` in a peer checkout
+    from before the one namespace (its pipelines/ and trainer/ were top-level packages)."""
+    try:
+        return importlib.import_module(f"maskrcnn_tfx.{name}")
+    except ModuleNotFoundError as e:
+        if not f"maskrcnn_tfx.{name}".startswith(str(e.name)):
+            raise
+        return importlib.import_module(name)
+
+
 def run_once(config_file: str, result_file: str) -> None:
     """The child: runs the pipeline of ``config_file`` with the code on its PYTHONPATH, writes the times."""
     import maskrcnn_tfx  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import  (selects tf_keras)
-    from maskrcnn_tfx.pipelines import local_runner, outputs  # pylint: disable=g-import-not-at-top
-    from maskrcnn_tfx.pipelines.config import PipelineConfig  # pylint: disable=g-import-not-at-top
+
+    local_runner = _product_module("pipelines.local_runner")
+    outputs = _product_module("pipelines.outputs")
+    PipelineConfig = _product_module("pipelines.config").PipelineConfig  # pylint: disable=invalid-name
 
     with open(config_file, encoding="utf-8") as f:
         config = PipelineConfig.from_dict(json.load(f)).validate()
@@ -102,8 +115,8 @@ def run_once(config_file: str, result_file: str) -> None:
     run = outputs.summarize_run(config)  # with the blessing, the pushed model and the metrics
     assert run is not None, "the run left nothing in the metadata store"
     executions = sorted(run.executions.values(), key=lambda e: e.start_ms)
-    trainer = run.executions.get(TRAINER_ID)
-    model_run = trainer.outputs.get("model_run", []) if trainer else []
+    # The Trainer's execution is the one with a model_run output (its TensorBoard logs).
+    model_run = next((e.outputs["model_run"] for e in executions if e.outputs.get("model_run")), [])
     with open(result_file, "w", encoding="utf-8") as f:
         json.dump({"wall": wall, "components": [[e.component_id, e.state, e.seconds] for e in executions],
                    "step_seconds": step_seconds(model_run[0].uri if model_run else ""),
@@ -130,8 +143,10 @@ def run_child(code_dir: str, config: Dict[str, Any], work: str, name: str) -> Di
 
 
 def summary(result: Dict[str, Any], train_steps: int) -> Dict[str, float]:
+    from maskrcnn_tfx.pipelines import component_ids as ids  # pylint: disable=g-import-not-at-top
+
     total = sum(seconds for _, _, seconds in result["components"])
-    trainer = sum(seconds for cid, _, seconds in result["components"] if cid == TRAINER_ID)
+    trainer = sum(seconds for cid, _, seconds in result["components"] if cid == ids.TRAINER)
     step = result["step_seconds"]
     steps_time = train_steps * step if step is not None else float("nan")
     return {"total": total, "trainer": trainer, "outside": total - trainer, "steps": steps_time,
@@ -184,7 +199,6 @@ def main() -> int:
     if args.data == "coco128" and not args.input_size:
         args.input_size = 256
 
-    sys.path.insert(0, REPO)
     import maskrcnn_tfx  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import  (selects tf_keras)
 
     work = args.work_dir or tempfile.mkdtemp(prefix="maskrcnn-pipeline-bench-")
