@@ -12,15 +12,15 @@ It reports, for the model and, with a baseline, for the baseline and their diffe
 
 Box AP comes from one of two implementations (``box_metric``):
 
-- ``"pycocotools"`` (default): ``maskrcnn_tfx.pipelines.metrics.COCOBoxAP``, which shares the mask metric's path: one COCO
-  per-image matching per example (``COCOeval.evaluateImg``) and one accumulation per slice
+- ``"pycocotools"`` (default): ``maskrcnn_tfx.pipelines.metrics.COCOBoxAP``, which shares the mask metric's path: one
+  COCO per-image matching per example (``COCOeval.evaluateImg``) and one accumulation per slice
   (``COCOeval.accumulate``). It gives COCOeval's ``bbox`` numbers exactly (crowd regions, mask areas for
   APs/m/l, classes without ground truth left out of the mean), and its cost does not grow with the number of
   classes or score thresholds (``benchmarks/evaluator.py`` compares it with COCOeval itself).
 - ``"tfma"``: TFMA's own ``COCOMeanAveragePrecision``, one metric config per reported number, fed with pixel
   boxes by ``maskrcnn_tfx.pipelines.metrics.CocoEvalInputsExtractor``. It is configured as its subclass
-  ``maskrcnn_tfx.pipelines.metrics.BoxMeanAveragePrecision``, whose computations are TFMA's but whose box-matching outputs are
-  keyed by model name: TFMA 0.47's own class fails as soon as a baseline model is evaluated too (its
+  ``maskrcnn_tfx.pipelines.metrics.BoxMeanAveragePrecision``, whose computations are TFMA's but whose box-matching
+  outputs are keyed by model name: TFMA 0.47's own class fails as soon as a baseline model is evaluated too (its
   ``BoundingBoxMatchPreprocessor`` yields bare predictions that its combiner looks up by model name). It is
   COCO's algorithm with these differences
   (``tests/test_metrics.py`` shows it equal to ``pycocotools`` where none applies, and the crowd difference):
@@ -33,14 +33,14 @@ Box AP comes from one of two implementations (``box_metric``):
     the range is dropped rather than ignored, so near 32² and 96² detections can count differently;
   * scores are binned into ``box_num_thresholds`` thresholds (detections within one bin tie);
   * cost: every (class, IoU threshold, area range) is its own Beam computation with its own pure-Python box
-    matching per example: 40 per class (3,201 computations with the mask metric at 80 classes). Measured on 2
-    CPU cores it costs about 1 to 1.5 s per eval image and class at 100 score thresholds, and grows with the
-    thresholds (about 4.6 s per image and class at 1,000, 38 s at TFMA's default 10,000): 28 eval images of
-    80 classes take hours. :func:`tfma_box_metric_cost` gives the estimate, and
+    matching per example: 40 per class (3,201 computations with the mask metric at 80 classes), each growing
+    with the score thresholds, so a COCO-like eval split takes hours (figures: benchmarks/README.md).
+    :func:`tfma_box_metric_cost` gives the estimate, and
     ``maskrcnn_tfx.pipelines.config.PipelineConfig.validate`` warns before a run whose estimate is slow.
 
-Slicing: the overall slice plus, by default, :data:`maskrcnn_tfx.pipelines.metrics.OBJECT_COUNT` (the number of non-crowd
-objects, bucketed 0, 1, 2-3, 4-7, ...), a feature that ``maskrcnn_tfx.pipelines.metrics.custom_extractors`` derives.
+Slicing: the overall slice plus, by default, :data:`maskrcnn_tfx.pipelines.metrics.OBJECT_COUNT` (the number of
+non-crowd objects, bucketed 0, 1, 2-3, 4-7, ...), a feature that ``maskrcnn_tfx.pipelines.metrics.custom_extractors``
+derives.
 
 Blessing: strict lower bounds on ``mask_ap`` and ``box_ap`` (``min_mask_ap``, ``min_box_ap``: the AP must be
 strictly above the bound, so that with the default 0.001 a model that detects nothing, AP 0.000, is never
@@ -78,8 +78,8 @@ DEFAULT_SIGNATURE = signature.TF_EXAMPLE_SIGNATURE
 # The module whose custom_extractors() the TFX Evaluator must use: Evaluator(module_path=EVALUATOR_MODULE_PATH).
 EVALUATOR_MODULE_PATH = metrics.__name__
 
-MASK_AP = metrics.COCOMaskAP.DEFAULT_NAME
-BOX_AP = metrics.COCOBoxAP.DEFAULT_NAME
+MASK_AP = metrics.MASK_AP
+BOX_AP = metrics.BOX_AP
 BOX_METRIC_TFMA = "tfma"
 BOX_METRIC_PYCOCOTOOLS = "pycocotools"
 BOX_METRICS = (BOX_METRIC_PYCOCOTOOLS, BOX_METRIC_TFMA)
@@ -93,8 +93,8 @@ DEFAULT_MIN_AP = 0.001
 MIN_AP_RANGE = (-1.0, 1.0)
 
 # TFMA's box metric: its Beam computations per class ((10 IoU thresholds) x (all, small, medium, large areas)),
-# and its measured cost per computation and eval image on 2 CPU cores, linear in the score thresholds (fitted
-# to ~1.2 s per image and class at 100 thresholds and ~38 s at 10,000, see the module docstring).
+# and its cost per computation and eval image, linear in the score thresholds: fitted to measurements on 2 CPU
+# cores (benchmarks/README.md), so the warning's estimate is of the right order, not exact.
 TFMA_BOX_COMPUTATIONS_PER_CLASS = 10 * len(metrics.AREA_RANGES)
 TFMA_BOX_SECONDS_PER_COMPUTATION_AND_IMAGE = (0.021, 0.0000935)  # (fixed, per score threshold)
 # A TFMA box metric configuration estimated above this many seconds per eval image gets a warning.
@@ -191,7 +191,8 @@ def tfma_box_metric_configs(label_map: LabelMap, *, name: str = BOX_AP,
 
 def coco_metric_config(label_map: LabelMap, iou_type: str, *, name: Optional[str] = None,
                        max_detections: int = DEFAULT_MAX_DETECTIONS) -> tfma.MetricConfig:
-    """The config of ``maskrcnn_tfx.pipelines.metrics.COCOMaskAP`` (``iou_type="segm"``) or ``COCOBoxAP`` (``"bbox"``)."""
+    """The config of ``maskrcnn_tfx.pipelines.metrics.COCOMaskAP`` (``iou_type="segm"``) or ``COCOBoxAP``
+    (``"bbox"``)."""
     classes = {"segm": metrics.COCOMaskAP, "bbox": metrics.COCOBoxAP}
     if iou_type not in classes:
         raise ValueError(f"iou_type must be one of {sorted(classes)}, not {iou_type!r}")

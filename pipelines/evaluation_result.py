@@ -17,7 +17,7 @@ import numpy as np
 
 from maskrcnn_tfx.pipelines import metrics as metrics_lib
 
-MASK_AP, BOX_AP = "mask_ap", "box_ap"
+MASK_AP, BOX_AP = metrics_lib.MASK_AP, metrics_lib.BOX_AP
 KINDS = (MASK_AP, BOX_AP)
 # Slice columns shown with a reader's name rather than the feature key.
 SLICE_COLUMN_NAMES = {metrics_lib.OBJECT_COUNT: "objects in the image"}
@@ -94,8 +94,8 @@ class Evaluation:
         return slice_metrics.diffs.get(metric) if (slice_metrics and self.baseline) else None
 
     def pr_curves(self, kind: str, model: Optional[str] = None) -> Optional[np.ndarray]:
-        """The ``[3, 1 + C, 101]`` curves of ``maskrcnn_tfx.pipelines.metrics.pr_curves_name`` on the overall slice, or None
-        (e.g. box AP computed by TFMA's own metric, which has no curves)."""
+        """The ``[3, 1 + C, 101]`` curves of ``maskrcnn_tfx.pipelines.metrics.pr_curves_name`` on the overall slice, or
+        None (e.g. box AP computed by TFMA's own metric, which has no curves)."""
         overall = self.overall
         if overall is None:
             return None

@@ -9,9 +9,9 @@ TFMA 0.47 has COCO box AP (``COCOMeanAveragePrecision``) but nothing for masks. 
 - :class:`COCOBoxAP`: the same for boxes. TFMA's own box AP differs from COCO's on crowd regions, classes that
   have no ground truth, and object areas (see ``pipelines/eval_config.py``); this one does not.
 - :func:`custom_extractors` (the TFX Evaluator's ``custom_extractors`` hook; run it with
-  ``Evaluator(module_path="maskrcnn_tfx.pipelines.metrics")``): TFMA's default extractors plus :func:`CocoEvalInputsExtractor`,
-  which adds what TFMA's own box metric and the slicing need but the model and the examples do not carry: boxes
-  in pixels (COCO's area ranges are in pixels) and an object-count bucket to slice on.
+  ``Evaluator(module_path="maskrcnn_tfx.pipelines.metrics")``): TFMA's default extractors plus
+  :func:`CocoEvalInputsExtractor`, which adds what TFMA's own box metric and the slicing need but the model and the
+  examples do not carry: boxes in pixels (COCO's area ranges are in pixels) and an object-count bucket to slice on.
 
 How the COCO metrics work in Beam: a TFMA ``Preprocessor`` runs once per example, before slicing. It decodes the
 example's ground truth (PNG masks, classes, crowd flags, areas), pastes the model's box-relative masks into
@@ -61,6 +61,13 @@ from tensorflow_model_analysis.utils import util as tfma_util
 from maskrcnn_tfx import example_format as ef
 from maskrcnn_tfx import masks as masks_lib
 from maskrcnn_tfx import signature
+
+# The headline metrics' names (mask and box AP, and at IoU .50), spelled here only: the EvalConfig's thresholds,
+# the run's summary and the report name them through these.
+MASK_AP = "mask_ap"
+BOX_AP = "box_ap"
+MASK_AP50, BOX_AP50 = MASK_AP + "50", BOX_AP + "50"
+HEADLINE_METRICS = (MASK_AP, BOX_AP, MASK_AP50, BOX_AP50)
 
 # Outputs of the exported model's tf.Example signature, named by the one signature module. IMAGE_SIZE is
 # optional here: when present it is checked against the example's.
@@ -699,12 +706,12 @@ class COCOMaskAP(_COCOAveragePrecisionBase):
     :func:`metric_names` (default prefix "mask_ap").
 
     Configure with ``tfma.MetricConfig(class_name="COCOMaskAP", module="maskrcnn_tfx.pipelines.metrics", config=...)``
-    (``maskrcnn_tfx.pipelines.eval_config`` does). Reads the example's ``image/object/mask`` PNGs, classes, crowd flags and
-    areas, and the model's ``detection_*`` outputs (see :data:`REQUIRED_OUTPUTS`).
+    (``maskrcnn_tfx.pipelines.eval_config`` does). Reads the example's ``image/object/mask`` PNGs, classes, crowd flags
+    and areas, and the model's ``detection_*`` outputs (see :data:`REQUIRED_OUTPUTS`).
     """
 
     IOU_TYPE = "segm"
-    DEFAULT_NAME = "mask_ap"
+    DEFAULT_NAME = MASK_AP
 
 
 class COCOBoxAP(_COCOAveragePrecisionBase):
@@ -712,7 +719,7 @@ class COCOBoxAP(_COCOAveragePrecisionBase):
     example's ``image/object/area``, as in COCO), reported like :class:`COCOMaskAP` (default prefix "box_ap")."""
 
     IOU_TYPE = "bbox"
-    DEFAULT_NAME = "box_ap"
+    DEFAULT_NAME = BOX_AP
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -763,8 +770,8 @@ class BoxMeanAveragePrecision(tfma.metrics.COCOMeanAveragePrecision):
 
     Its box-matching preprocessors are wrapped by :class:`_ModelKeyedPreprocessor` (TFMA 0.47 cannot evaluate its
     own metric on a candidate and a baseline together without it). Configure with
-    ``tfma.MetricConfig(class_name="BoxMeanAveragePrecision", module="maskrcnn_tfx.pipelines.metrics", config=...)`` and the
-    arguments of ``COCOMeanAveragePrecision``.
+    ``tfma.MetricConfig(class_name="BoxMeanAveragePrecision", module="maskrcnn_tfx.pipelines.metrics", config=...)`` and
+    the arguments of ``COCOMeanAveragePrecision``.
     """
 
     def computations(self, *args, **kwargs) -> metric_types.MetricComputations:
@@ -840,8 +847,8 @@ def custom_extractors(eval_shared_model: tfma.types.MaybeMultipleEvalSharedModel
                       tensor_adapter_config: Optional[Any] = None) -> List[tfma.extractors.Extractor]:
     """TFMA's default extractors with :func:`CocoEvalInputsExtractor` between unbatching and slicing.
 
-    The TFX Evaluator calls this when given ``module_path="maskrcnn_tfx.pipelines.metrics"``; with ``tfma.run_model_analysis``
-    pass ``extractors=custom_extractors(...)``.
+    The TFX Evaluator calls this when given ``module_path="maskrcnn_tfx.pipelines.metrics"``; with
+    ``tfma.run_model_analysis`` pass ``extractors=custom_extractors(...)``.
     """
     extractors = tfma.default_extractors(eval_shared_model=eval_shared_model, eval_config=eval_config,
                                          tensor_adapter_config=tensor_adapter_config)

@@ -17,14 +17,13 @@ from tfx import v1 as tfx
 from tfx.orchestration import metadata as tfx_metadata
 
 from maskrcnn_tfx.pipelines import component_ids as ids
+from maskrcnn_tfx.pipelines import metrics as metrics_lib
 from maskrcnn_tfx.pipelines.config import PipelineConfig
 
 _STATE_NAMES = {v: k for k, v in metadata_store_pb2.Execution.State.items()}
 _OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT,
                   metadata_store_pb2.Event.PENDING_OUTPUT)
 _INPUT_EVENTS = (metadata_store_pb2.Event.INPUT, metadata_store_pb2.Event.DECLARED_INPUT)
-# The overall numbers printed after a run (maskrcnn_tfx.pipelines.metrics names).
-HEADLINE_METRICS = ("mask_ap", "box_ap", "mask_ap50", "box_ap50")
 
 
 @dataclasses.dataclass
@@ -72,10 +71,11 @@ class RunSummary:
         for component_id, execution in self.executions.items():
             out.append(f"  {component_id:<32} {execution.state:<9} {execution.seconds:8.1f} s")
         if self.metrics:
-            shown = ", ".join(f"{k} {self.metrics[k]:.4f}" for k in HEADLINE_METRICS if k in self.metrics)
+            shown = ", ".join(f"{k} {self.metrics[k]:.4f}" for k in metrics_lib.HEADLINE_METRICS
+                              if k in self.metrics)
             out.append(f"eval metrics ({self.eval_uri}): {shown}")
         if self.baseline_metrics:
-            shown = ", ".join(f"{k} {self.baseline_metrics[k]:.4f}" for k in HEADLINE_METRICS
+            shown = ", ".join(f"{k} {self.baseline_metrics[k]:.4f}" for k in metrics_lib.HEADLINE_METRICS
                               if k in self.baseline_metrics)
             out.append(f"baseline (latest blessed model): {shown}")
         if self.blessed is not None:

@@ -17,6 +17,7 @@ import shutil
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 import maskrcnn_tfx
+from maskrcnn_tfx.pipelines import metrics as metrics_lib
 from maskrcnn_tfx.report import html
 from maskrcnn_tfx.report import runs as runs_lib
 from maskrcnn_tfx.report.runs import Run
@@ -115,7 +116,8 @@ def _evaluation_part(run: Run, runs: Sequence[Run], page_dir: str, problems: _Pr
         "summary_rows": evaluation_lib.summary_rows(result),
         "per_class_rows": evaluation_lib.per_class_rows(result),
         "absent_classes": evaluation_lib.absent_classes(result),
-        "slice_metric_names": [m for m in ("mask_ap", "mask_ap50", "box_ap", "box_ap50") if result.has_metric(m)],
+        "slice_metric_names": [m for m in (metrics_lib.MASK_AP, metrics_lib.MASK_AP50, metrics_lib.BOX_AP,
+                                           metrics_lib.BOX_AP50) if result.has_metric(m)],
         "thresholds": result.thresholds, "validation_ok": result.validation_ok,
         "validation_messages": result.validation_messages,
         "per_class_chart": "", "pr_chart": "", "pr_missing": [],
@@ -150,8 +152,8 @@ def _not_run(component: str, run: Run) -> str:
 
 def _headline(run: Run, evaluation: Optional[Dict[str, Any]]) -> List[Dict[str, Any]]:
     cards = []
-    for metric, label in (("mask_ap", "mask AP"), ("box_ap", "box AP"), ("mask_ap50", "mask AP50"),
-                          ("box_ap50", "box AP50")):
+    for metric, label in ((metrics_lib.MASK_AP, "mask AP"), (metrics_lib.BOX_AP, "box AP"),
+                          (metrics_lib.MASK_AP50, "mask AP50"), (metrics_lib.BOX_AP50, "box AP50")):
         value = run.summary.metrics.get(metric)
         baseline = run.summary.baseline_metrics.get(metric)
         change = (value - baseline) if (value is not None and baseline is not None) else None
@@ -357,14 +359,15 @@ def build_index(config, runs: Sequence[Run], output_dir: str) -> str:
         page = os.path.join(output_dir, RUNS_FOLDER, run.slug, PAGE)
         metrics = run.summary.metrics
         baseline = run.summary.baseline_metrics
-        change = (metrics["mask_ap"] - baseline["mask_ap"]) if ("mask_ap" in metrics and "mask_ap" in baseline) \
+        mask_ap = metrics_lib.MASK_AP
+        change = (metrics[mask_ap] - baseline[mask_ap]) if (mask_ap in metrics and mask_ap in baseline) \
             else None
         facts.update(href=_run_href(run, False) if os.path.isfile(page) else "", metrics=metrics, mask_change=change)
         rows.append(facts)
-    history = [{"label": r["number"], "mask_ap": r["metrics"].get("mask_ap"), "box_ap": r["metrics"].get("box_ap"),
+    history = [{"label": r["number"], **{k: r["metrics"].get(k) for k in (metrics_lib.MASK_AP, metrics_lib.BOX_AP)},
                 "blessed": r["blessed"]} for r in rows]
     chart = ""
-    if any(h["mask_ap"] is not None or h["box_ap"] is not None for h in history):
+    if any(h[metrics_lib.MASK_AP] is not None or h[metrics_lib.BOX_AP] is not None for h in history):
         charts.runs_history(history, os.path.join(output_dir, "runs_history.svg"))
         chart = "runs_history.svg"
     context = {"pipeline_name": config.pipeline_name, "pipeline_root": config.pipeline_root, "runs": rows,

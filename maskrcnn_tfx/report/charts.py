@@ -15,8 +15,8 @@ from maskrcnn_tfx.pipelines import metrics as metrics_lib
 
 # A colour-blind-safe palette (Okabe-Ito), cycled for classes and series.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
-KIND_COLORS = {"mask_ap": "#0072B2", "box_ap": "#E69F00"}
-KIND_LABELS = {"mask_ap": "mask AP", "box_ap": "box AP"}
+KIND_COLORS = {metrics_lib.MASK_AP: "#0072B2", metrics_lib.BOX_AP: "#E69F00"}
+KIND_LABELS = {metrics_lib.MASK_AP: "mask AP", metrics_lib.BOX_AP: "box AP"}
 # Above this many classes the instance counts are drawn one row per class (names on the side, not squeezed).
 MAX_COLUMN_CLASSES = 12
 # Per-class precision-recall curves drawn at most (the best ones): more would be an unreadable tangle.
@@ -58,8 +58,9 @@ def per_class_ap(class_names: Sequence[str], values: Dict[str, Dict[str, Optiona
     ``values[kind][class name]`` (kind "mask_ap" / "box_ap"); a missing or NaN value (no ground truth) is left
     blank and labelled "n/a".
     """
-    kinds = [k for k in ("mask_ap", "box_ap") if any(_finite(v) for v in values.get(k, {}).values())]
-    kinds = kinds or ["mask_ap"]
+    kinds = [k for k in (metrics_lib.MASK_AP, metrics_lib.BOX_AP)
+             if any(_finite(v) for v in values.get(k, {}).values())]
+    kinds = kinds or [metrics_lib.MASK_AP]
     count = max(len(class_names), 1)
     # Bars get thinner with many classes (COCO's 80), so the chart stays a readable height.
     row_height = 0.42 if count * len(kinds) <= 24 else 0.24
@@ -92,7 +93,7 @@ def per_class_ap(class_names: Sequence[str], values: Dict[str, Dict[str, Optiona
 def pr_curves(curves: Dict[str, np.ndarray], class_names: Sequence[str], path: str) -> str:
     """Precision-recall curves: per kind (mask, box), the mean over classes at each IoU row, and each class at
     IoU .50. ``curves[kind]`` is the ``[3, 1 + C, 101]`` array of ``maskrcnn_tfx.pipelines.metrics.pr_curves_name``."""
-    kinds = [k for k in ("mask_ap", "box_ap") if k in curves]
+    kinds = [k for k in (metrics_lib.MASK_AP, metrics_lib.BOX_AP) if k in curves]
     figure = _figure(4.2 * len(kinds), 7.4)
     axes = figure.subplots(2, len(kinds), squeeze=False)
     recall = metrics_lib.PR_CURVE_RECALLS
@@ -153,7 +154,7 @@ def runs_history(runs: List[Dict[str, object]], path: str) -> str:
     figure = _figure(max(6.0, 0.5 * len(runs) + 3.0), 3.6)
     ax = figure.subplots()
     x = np.arange(len(runs))
-    for kind, style in (("mask_ap", "-"), ("box_ap", "--")):
+    for kind, style in ((metrics_lib.MASK_AP, "-"), (metrics_lib.BOX_AP, "--")):
         values = np.array([float(r[kind]) if _finite(r.get(kind)) else np.nan for r in runs])  # type: ignore[arg-type]
         if np.all(np.isnan(values)):
             continue
@@ -173,7 +174,8 @@ def runs_history(runs: List[Dict[str, object]], path: str) -> str:
     ax.set_xlabel("run")
     ax.set_ylabel("AP at IoU .50:.95")
     # AP is in [0, 1]; a low-scoring history gets a closer axis so that its changes show.
-    shown = [float(r[k]) for r in runs for k in ("mask_ap", "box_ap") if _finite(r.get(k))]  # type: ignore[arg-type]
+    shown = [float(r[k]) for r in runs for k in (metrics_lib.MASK_AP, metrics_lib.BOX_AP)  # type: ignore[arg-type]
+             if _finite(r.get(k))]
     ax.set_ylim(0, min(1.0, max(0.05, 1.15 * max(shown, default=1.0))))
     figure.legend(loc="outside upper center", fontsize=8, frameon=False, ncol=4)
     _style(ax)

@@ -5,6 +5,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from maskrcnn_tfx.pipelines import metrics as metrics_lib
 from maskrcnn_tfx.pipelines.evaluation_result import BOX_AP, KINDS, MASK_AP, Evaluation
 
 # The summary numbers of each kind, in the order of the metrics table, with their column labels.
@@ -69,8 +70,8 @@ def absent_classes(evaluation: Evaluation) -> List[str]:
     return [name for name in evaluation.class_names if not has_ground_truth(evaluation, name)]
 
 
-def slice_rows(evaluation: Evaluation, metric_names: Sequence[str] = ("mask_ap", "mask_ap50", "box_ap",
-                                                                     "box_ap50")) -> List[Dict[str, Any]]:
+def slice_rows(evaluation: Evaluation, metric_names: Sequence[str] = (
+        metrics_lib.MASK_AP, metrics_lib.MASK_AP50, metrics_lib.BOX_AP, metrics_lib.BOX_AP50)) -> List[Dict[str, Any]]:
     rows = []
     for slice_metrics in evaluation.slices:
         values = {m: evaluation.value(m, slice_metrics=slice_metrics) for m in metric_names}
