@@ -1,11 +1,11 @@
 """Benchmark: requests per second and p50/p99 latency of the local server's REST and gRPC APIs against a direct
 SavedModel call, at concurrency 1 and 8, in the same run, on the tiny model.
 
-The tiny preset's Mask R-CNN (random init; exported by ``maskrcnn_tfx.trainer.export`` through ``maskrcnn_tfx.testing.models``)
-is pushed as version 1 into a temporary base directory and served by ``maskrcnn-tfx serve`` in its own
-process (as TF Serving would be); the clients (``maskrcnn_tfx.serving.client``, one per thread, one image per request)
-and the direct calls (``tf.saved_model.load`` in this process, the same image) run here. The figures that
-carry over to other machines are the ratios to the direct call: the API's own cost (encoding, transport,
+The tiny preset's Mask R-CNN (random init; exported by ``maskrcnn_tfx.trainer.export`` through
+``maskrcnn_tfx.testing.models``) is pushed as version 1 into a temporary base directory and served by ``maskrcnn-tfx
+serve`` in its own process (as TF Serving would be); the clients (``maskrcnn_tfx.serving.client``, one per thread, one
+image per request) and the direct calls (``tf.saved_model.load`` in this process, the same image) run here. The figures
+that carry over to other machines are the ratios to the direct call: the API's own cost (encoding, transport,
 JSON for REST) on top of the model.
 
     .venv/bin/python -m benchmarks.serving --requests 24

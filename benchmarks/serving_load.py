@@ -1,9 +1,9 @@
 """Benchmark: the local server under a mixed load of valid and hostile requests, in one run.
 
-``maskrcnn-tfx serve`` (its own process, the tiny preset's Mask R-CNN exported by ``maskrcnn_tfx.trainer.export`` through
-``maskrcnn_tfx.testing.models``) gets 10,000 REST requests from 32 client threads, then a smaller gRPC run: 90% valid
-(one of three small PNG/JPEG images per request) and 10% hostile, every kind of ``maskrcnn_tfx.testing.serving`` in
-turn (pixel bombs of 20000x20000 and 40000x40000 in PNG and JPEG, truncated and non-image bytes, bad base64,
+``maskrcnn-tfx serve`` (its own process, the tiny preset's Mask R-CNN exported by ``maskrcnn_tfx.trainer.export``
+through ``maskrcnn_tfx.testing.models``) gets 10,000 REST requests from 32 client threads, then a smaller gRPC run: 90%
+valid (one of three small PNG/JPEG images per request) and 10% hostile, every kind of ``maskrcnn_tfx.testing.serving``
+in turn (pixel bombs of 20000x20000 and 40000x40000 in PNG and JPEG, truncated and non-image bytes, bad base64,
 deep JSON, oversized bodies, unknown models, versions, labels and signatures). It prints the count of each
 status per kind, the unexpected statuses and the connection errors (both must be zero), p50/p99 latency of the
 valid requests, requests per second against direct SavedModel calls of the same images made here in the same

@@ -1,11 +1,11 @@
 """Benchmark: COCO mask and box AP of the ``tiny`` preset on synthetic shapes, over training steps and wall time.
 
-The Trainer (``maskrcnn_tfx.trainer.train.train``) trains the ``tiny`` preset on 512 shapes images of 128x128 (seed fixed)
-within a wall-time budget; at several points the model is exported (``maskrcnn_tfx.trainer.export.export_serving_model``,
-what the pipeline serves) and evaluated on 64 held-out shapes images (another seed) through the SavedModel's
-``serving_default`` signature: box-relative masks pasted with ``maskrcnn_tfx.masks``, pycocotools COCOeval
-``bbox`` and ``segm``. The AP curve is printed over steps and training wall time. Target: mask AP >= 0.5
-within 30 minutes on 2 CPU cores.
+The Trainer (``maskrcnn_tfx.trainer.train.train``) trains the ``tiny`` preset on 512 shapes images of 128x128 (seed
+fixed) within a wall-time budget; at several points the model is exported
+(``maskrcnn_tfx.trainer.export.export_serving_model``, what the pipeline serves) and evaluated on 64 held-out shapes
+images (another seed) through the SavedModel's ``serving_default`` signature: box-relative masks pasted with
+``maskrcnn_tfx.masks``, pycocotools COCOeval ``bbox`` and ``segm``. The AP curve is printed over steps and training wall
+time. Target: mask AP >= 0.5 within 30 minutes on 2 CPU cores.
 
 Training runs in two ``train()`` calls in the same model dir, the second resuming from the first's checkpoint
 (the product's resume path). The first, short one measures the seconds per step and the start-up (building

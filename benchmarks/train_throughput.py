@@ -1,8 +1,8 @@
 """Benchmark: training images/s of our Trainer against Model Garden's own training loop, same experiment, same run.
 
 Contenders, on the same converted shapes TFRecords and the same Model Garden ``ExperimentConfig`` (built by
-``maskrcnn_tfx.trainer.config.to_experiment_config`` from the same ``tiny`` configuration, ``train_data.input_path`` pointing
-at the same files), same global batch size, steps and steps per loop, same strategy (the one our
+``maskrcnn_tfx.trainer.config.to_experiment_config`` from the same ``tiny`` configuration, ``train_data.input_path``
+pointing at the same files), same global batch size, steps and steps per loop, same strategy (the one our
 ``runtime.strategy: auto`` builds: one device, the CPU here):
 
 - ``ours``: ``maskrcnn_tfx.trainer.train.train`` (what ``train_and_export`` runs before exporting), no evaluation;

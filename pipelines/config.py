@@ -113,10 +113,10 @@ class EvaluationConfig:
     min_box_ap: Optional[float] = 0.001
     # Against the latest blessed model (when there is one): the candidate's AP may be at most this lower.
     max_ap_drop: Optional[float] = 0.0
-    # "pycocotools" (default): COCO's exact box AP, computed like the mask AP (maskrcnn_tfx.pipelines.metrics.COCOBoxAP);
-    # its cost does not grow with classes. "tfma": TFMA's COCOMeanAveragePrecision
-    # (maskrcnn_tfx.pipelines.metrics.BoxMeanAveragePrecision), 40 Beam computations per class, seconds per image and class:
-    # validate() warns when it would be slow. See pipelines/eval_config.py.
+    # "pycocotools" (default): COCO's exact box AP, computed like the mask AP
+    # (maskrcnn_tfx.pipelines.metrics.COCOBoxAP); its cost does not grow with classes. "tfma": TFMA's
+    # COCOMeanAveragePrecision (maskrcnn_tfx.pipelines.metrics.BoxMeanAveragePrecision), 40 Beam computations per class,
+    # seconds per image and class: validate() warns when it would be slow. See pipelines/eval_config.py.
     box_metric: str = "pycocotools"
     # Score thresholds of box_metric "tfma" only (its cost grows with them).
     box_num_thresholds: int = 1000

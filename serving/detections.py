@@ -1,8 +1,8 @@
 """Typed detections from the served outputs, COCO results JSON, and overlay images.
 
 The served signature (contract 4 of docs/architecture.md) gives per image normalized boxes, label-map class
-ids, scores, a count and box-relative masks; :func:`from_outputs` turns a batch of those into :class:`ImageDetections` with boxes in
-pixels and normalized, class names, and full-image masks pasted by :mod:`maskrcnn_tfx.masks` (the one
+ids, scores, a count and box-relative masks; :func:`from_outputs` turns a batch of those into :class:`ImageDetections`
+with boxes in pixels and normalized, class names, and full-image masks pasted by :mod:`maskrcnn_tfx.masks` (the one
 utility for it). No TensorFlow.
 """
 from __future__ import annotations

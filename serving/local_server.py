@@ -3,10 +3,10 @@ folders (``BASE/<integer version>/``), in Python, for machines without ``tensorf
 
 It serves the highest complete version (or what the version policy says), picks up versions the Pusher adds
 while it runs, and keeps serving the loaded ones when a new one fails to load (see
-:mod:`maskrcnn_tfx.serving.model_store`). It binds 127.0.0.1 unless told otherwise, refuses request bodies above a limit,
-bounds its open connections, threads and concurrent model calls, closes connections that are too slow, and
-counts its requests for Prometheus (:mod:`maskrcnn_tfx.serving.observability`). Production runs TF Serving itself (the README's
-"Serving" section: Docker Compose, Kubernetes); the clients cannot tell the two apart.
+:mod:`maskrcnn_tfx.serving.model_store`). It binds 127.0.0.1 unless told otherwise, refuses request bodies above a
+limit, bounds its open connections, threads and concurrent model calls, closes connections that are too slow, and
+counts its requests for Prometheus (:mod:`maskrcnn_tfx.serving.observability`). Production runs TF Serving itself (the
+README's "Serving" section: Docker Compose, Kubernetes); the clients cannot tell the two apart.
 """
 from __future__ import annotations
 

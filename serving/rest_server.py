@@ -2,8 +2,8 @@
 
 Routes (TF Serving's): ``GET /v1/models/NAME[/versions/N|/labels/L]`` (model status),
 ``GET .../metadata`` and ``POST ...:predict``; ``GET /monitoring/prometheus/metrics`` (Prometheus,
-:mod:`maskrcnn_tfx.serving.observability`). Every error is ``{"error": "..."}`` with TF Serving's HTTP status for its code
-(400 for a bad request, 404 for an unknown model or version).
+:mod:`maskrcnn_tfx.serving.observability`). Every error is ``{"error": "..."}`` with TF Serving's HTTP status for its
+code (400 for a bad request, 404 for an unknown model or version).
 
 One event loop serves every connection, so a connection costs no thread while it is idle or slow:
 

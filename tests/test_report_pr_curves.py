@@ -1,5 +1,5 @@
-"""The precision-recall curves the COCO metrics report (``maskrcnn_tfx.pipelines.metrics.pr_curves_name``), which the report
-draws: they are COCOeval's own ``eval["precision"]`` and the AP numbers are their means.
+"""The precision-recall curves the COCO metrics report (``maskrcnn_tfx.pipelines.metrics.pr_curves_name``), which the
+report draws: they are COCOeval's own ``eval["precision"]`` and the AP numbers are their means.
 """
 from __future__ import annotations
 

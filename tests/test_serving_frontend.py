@@ -1,5 +1,5 @@
-"""The REST front end (maskrcnn_tfx.serving.rest_server on aiohttp) over real sockets on 127.0.0.1, without a model: slow
-and silent clients cannot starve it, every connection past the limit gets a 503, malformed JSON of any depth
+"""The REST front end (maskrcnn_tfx.serving.rest_server on aiohttp) over real sockets on 127.0.0.1, without a model:
+slow and silent clients cannot starve it, every connection past the limit gets a 503, malformed JSON of any depth
 is a 400, and the Prometheus metrics and the access log account for every request.
 
 The registry serves one model name whose base path has no version yet, so requests for it are answered

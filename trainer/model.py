@@ -3,7 +3,8 @@
 :class:`MaskRCNNTrainerTask` is Model Garden's ``MaskRCNNTask`` (model, losses, train and validation steps,
 COCO metrics: all unchanged) with two overrides:
 
-- ``build_inputs`` reads the data set's pixel statistics and renormalizes images (see :mod:`maskrcnn_tfx.trainer.input`);
+- ``build_inputs`` reads the data set's pixel statistics and renormalizes images (see
+:mod:`maskrcnn_tfx.trainer.input`);
 - ``initialize`` (called only when the run's model dir has no checkpoint yet, i.e. never when resuming)
   warm-starts from a previous model (a TFX base model: SavedModel or training checkpoint), or loads
   ``init_checkpoint`` for fine-tuning: the backbone, the backbone and FPN, the whole model but its

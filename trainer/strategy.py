@@ -91,7 +91,8 @@ def resolve_kind(runtime: RuntimeConfig, num_visible_gpus: Optional[int] = None)
 
 
 def build_strategy(runtime: RuntimeConfig) -> tf.distribute.Strategy:
-    """The strategy ``runtime`` asks for (see :class:`maskrcnn_tfx.trainer.config.RuntimeConfig` and :func:`resolve_kind`)."""
+    """The strategy ``runtime`` asks for (see :class:`maskrcnn_tfx.trainer.config.RuntimeConfig` and
+    :func:`resolve_kind`)."""
     kind = resolve_kind(runtime)
     all_reduce = runtime.all_reduce_alg or None
     if kind == "one_device":

@@ -254,8 +254,8 @@ def train(config: Union[config_lib.TrainerConfig, Mapping[str, Any], str], train
 
 def export(result: TrainResult, config: config_lib.TrainerConfig, label_map: LabelMap, serving_dir: str, *,
            tf_transform_output: Any = None, strategy: Optional[tf.distribute.Strategy] = None) -> str:
-    """Writes the serving model (``maskrcnn_tfx.trainer.export``, in ``config.export``'s precision); non-chief workers write a
-    scratch copy."""
+    """Writes the serving model (``maskrcnn_tfx.trainer.export``, in ``config.export``'s precision); non-chief workers
+    write a scratch copy."""
     from maskrcnn_tfx.trainer import export as export_lib  # pylint: disable=g-import-not-at-top  (heavy; only at the end)
 
     chief = strategy_lib.is_chief(strategy)

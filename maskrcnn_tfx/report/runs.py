@@ -1,9 +1,9 @@
 """Which runs a pipeline has and where each run's artifacts are, from the pipeline's metadata store (MLMD).
 
 Contract 6 of docs/architecture.md: the evaluation, the blessing and every other artifact are found through MLMD
-(``maskrcnn_tfx.pipelines.outputs`` reads it), never by guessing paths. The one exception is a failed AnnotationValidator:
-TFX records no output artifact for a failed execution, and the component keeps its reports beside the
-artifact directory TFX had made for it (TFX's own output layout, ``<pipeline root>/<node>/<key>/<execution
+(``maskrcnn_tfx.pipelines.outputs`` reads it), never by guessing paths. The one exception is a failed
+AnnotationValidator: TFX records no output artifact for a failed execution, and the component keeps its reports beside
+the artifact directory TFX had made for it (TFX's own output layout, ``<pipeline root>/<node>/<key>/<execution
 id>``, with the execution id from MLMD) plus ``.failed``: see :meth:`Run.annotation_reports_uri`.
 """
 from __future__ import annotations
@@ -76,7 +76,8 @@ def slug(run_id: str) -> str:
 
 @dataclasses.dataclass
 class Run:
-    """One run of the pipeline: its executions and artifacts (a summarized ``maskrcnn_tfx.pipelines.outputs.RunSummary``)."""
+    """One run of the pipeline: its executions and artifacts (a summarized
+    ``maskrcnn_tfx.pipelines.outputs.RunSummary``)."""
 
     summary: outputs.RunSummary
     number: int  # 1 for the pipeline's first run
