@@ -109,7 +109,8 @@ def test_the_combiner_reports_the_curves_under_their_own_key():
     combiner = computation.combiner
     accumulator = combiner.create_accumulator()
     for evaluation in _per_image_evaluations():
-        accumulator = combiner.add_input(accumulator, evaluation)
+        # As the preprocessor hands them over: one bytes value per image.
+        accumulator = combiner.add_input(accumulator, evaluation.to_bytes())
     values = {key.name: value for key, value in combiner.extract_output(accumulator).items()}
     assert values["box_ap_pr_curves"].shape == (3, 4, 101)
     assert math.isclose(float(np.mean(values["box_ap_pr_curves"][0, 0])), values["box_ap"], rel_tol=1e-12)
