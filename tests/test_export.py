@@ -25,9 +25,10 @@ from maskrcnn_tfx.trainer import preprocessing
 LABEL_MAP = LabelMap.from_pairs([(1, "square"), (2, "circle"), (3, "triangle")])
 # (height, width, format): a mixed batch, neither size the model's input size (128).
 IMAGE_SPECS = [(50, 70, "png"), (90, 40, "jpeg"), (128, 128, "png")]
-# The random-init model's seed. With seed 2 the bfloat16 comparison below sees what its comment describes
-# (28/30 matched, scores within 7e-4, masks within 5e-3); other inits differ: seed 1 gives masks within 3e-2,
-# seeds 0 and 3 each one matched detection up to 3e-2 off in score and 8e-2 in mask (above the bounds).
+# The random-init model's seed, so that the bfloat16 comparison below is the same on every run. Measured with
+# seeds 0 to 3: 27 to 29 of 30 detections matched; seed 2's scores within 7e-4 and masks within 5e-3, seed 1's
+# masks within 3e-2, seeds 0 and 3 each with one pair up to 3e-2 off in score and 8e-2 in mask (a neighbour, see
+# the test).
 MODEL_SEED = 2
 
 
@@ -414,7 +415,10 @@ def test_bfloat16_export_serves_float32_outputs_close_to_the_float32_export(
     # masks within 5e-3 on average, so the bounds are about 10x what rounding does, and far below what a
     # layer left in the wrong precision or a weight not restored does. Not every detection finds its match:
     # this random-init model scores its overlapping proposals within 3e-4 of each other, so NMS may keep a
-    # neighbour of a box instead of the box itself; at least 70% must match.
+    # neighbour of a box instead of the box itself; at least 70% must match. The same ambiguity can pair a
+    # detection with a neighbour whose box is as close but whose score and mask differ (seen: one pair in 29
+    # off by 3e-2 in score and 8e-2 in mask, on two of four seeds): so 90% of the matched pairs must be within
+    # the bounds, which a precision or restore error (every detection off) still fails.
     reference = loaded.signatures[export.SERVING_SIGNATURE](**{export.IMAGES_INPUT: encoded})
     ref = {k: v.numpy() for k, v in reference.items()}
     got = {k: v.numpy() for k, v in outputs.items()}
@@ -435,4 +439,5 @@ def test_bfloat16_export_serves_float32_outputs_close_to_the_float32_export(
                f"mask error max {max(mask_errors, default=np.nan):.2e}")
     print("bfloat16 vs float32:", summary)
     assert matched >= 0.7 * looked_for, summary
-    assert max(score_errors) <= 0.01 and max(mask_errors) <= 0.05, summary
+    within = [score <= 0.01 and mask <= 0.05 for score, mask in zip(score_errors, mask_errors)]
+    assert sum(within) >= 0.9 * len(within), summary
