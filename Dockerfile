@@ -22,6 +22,8 @@ COPY serving serving
 RUN python -m pip install --no-cache-dir --no-deps -c requirements/constraints.txt -e .
 
 # Keras 2 for Model Garden and TFMA (maskrcnn_tfx sets it too; components may import TensorFlow first).
+# PYTHONPATH: the KFP launcher imports the AnnotationValidator's artifact type by its schema title,
+# components.InstanceAnomalies (a title must be <namespace>.<Name>), so /pipeline/components is importable too.
 ENV TF_USE_LEGACY_KERAS=1 \
     TF_CPP_MIN_LOG_LEVEL=2 \
     PYTHONPATH=/pipeline
