@@ -90,13 +90,14 @@ def step_seconds(model_run_uri: str) -> Optional[float]:
 
 def _product_module(name: str):
     """A module of the code on the child's PYTHONPATH: ``maskrcnn_tfx.<name>``, or ``<name>`` in a peer checkout
-    from before the one namespace (its pipelines/ and trainer/ were top-level packages)."""
-    try:
-        return importlib.import_module(f"maskrcnn_tfx.{name}")
-    except ModuleNotFoundError as e:
-        if not f"maskrcnn_tfx.{name}".startswith(str(e.name)):
-            raise
-        return importlib.import_module(name)
+    from before the one namespace (its pipelines/ and trainer/ were top-level packages). Decided by the imported
+    ``maskrcnn_tfx`` package's own folder: an editable install of this checkout in the same environment would
+    otherwise lend the peer this checkout's subpackages."""
+    import maskrcnn_tfx  # pylint: disable=g-import-not-at-top
+
+    package = name.split(".")[0]
+    namespaced = any(os.path.isdir(os.path.join(folder, package)) for folder in maskrcnn_tfx.__path__)
+    return importlib.import_module(f"maskrcnn_tfx.{name}" if namespaced else name)
 
 
 def run_once(config_file: str, result_file: str) -> None:
