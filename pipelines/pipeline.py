@@ -114,7 +114,9 @@ def create_pipeline(config: PipelineConfig, *, validated: bool = False) -> tfx.d
     from maskrcnn_tfx.trainer import config as trainer_config  # pylint: disable=g-import-not-at-top
 
     # Training data is held to the served model's image size limit.
-    max_image_pixels = trainer_config.load_config(overrides=config.trainer_custom_config()).export.max_image_pixels
+    # One custom_config for the Trainer and for the limit the validator holds training data to.
+    custom_config = trainer_custom_config(config)
+    max_image_pixels = trainer_config.load_config(overrides=custom_config).export.max_image_pixels
     annotation_validator = AnnotationValidator(examples=example_gen.outputs["examples"],
                                                label_map_path=config.label_map_path,
                                                max_image_pixels=max_image_pixels).with_id(ids.ANNOTATION_VALIDATOR)
@@ -134,7 +136,7 @@ def create_pipeline(config: PipelineConfig, *, validated: bool = False) -> tfx.d
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
-        custom_config=trainer_custom_config(config)).with_id(ids.TRAINER)
+        custom_config=custom_config).with_id(ids.TRAINER)
 
     # The model to beat: the latest one the Evaluator blessed (none on the first run: no comparison then).
     baseline_resolver = tfx.dsl.Resolver(
