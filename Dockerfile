@@ -13,7 +13,7 @@ RUN mkdir -p maskrcnn_tfx && touch maskrcnn_tfx/__init__.py \
     && python -m pip install --no-cache-dir -c requirements/constraints.txt . \
     && python -m pip uninstall -y maskrcnn-tfx
 
-# The project itself: custom components, trainer (run_fn, preprocessing_fn, presets), Evaluator metrics.
+# The project itself: configuration (presets), custom components, trainer (run_fn, preprocessing_fn), Evaluator metrics.
 COPY maskrcnn_tfx maskrcnn_tfx
 COPY components components
 COPY pipelines pipelines

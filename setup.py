@@ -27,7 +27,7 @@ setup(
     packages=find_packages(include=["maskrcnn_tfx", "maskrcnn_tfx.*"]),
     include_package_data=True,
     # The report's page templates and stylesheet; the Trainer's presets (data, read by name).
-    package_data={"maskrcnn_tfx.report": ["templates/*"], "maskrcnn_tfx.trainer": ["presets/*.yaml"]},
+    package_data={"maskrcnn_tfx.report": ["templates/*"], "maskrcnn_tfx.config": ["presets/*.yaml"]},
     install_requires=[
         "tfx[kfp]==1.16.0",
         "tensorflow==2.16.2",

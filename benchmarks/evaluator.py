@@ -25,7 +25,7 @@ extrapolated to 0 images). Both sides first run once, untimed, on ``--warmup-ima
 of a process do not land on the first row (those times are printed too).
 
 ``--tfma-box-images N`` also times TFMA's own ``COCOMeanAveragePrecision`` (``box_metric: tfma``) on N images of
-3 classes against the estimate ``maskrcnn_tfx.pipelines.config`` warns with. ``--with-model`` runs the whole local
+3 classes against the estimate ``maskrcnn_tfx.pipelines.eval_config`` warns with. ``--with-model`` runs the whole local
 pipeline on coco128 (``$MASKRCNN_TFX_COCO128``: converted, the tiny model at 256 px trained a few steps) and prints the
 Evaluator component's time from ML Metadata.
 
@@ -290,7 +290,7 @@ def evaluator_on_coco128(work: str, train_steps: int, image_size: int) -> Dict[s
     from maskrcnn_tfx.data.convert import convert_coco  # pylint: disable=g-import-not-at-top
     from maskrcnn_tfx.pipelines import component_ids as ids  # pylint: disable=g-import-not-at-top
     from maskrcnn_tfx.pipelines import local_runner, outputs  # pylint: disable=g-import-not-at-top
-    from maskrcnn_tfx.pipelines.config import PipelineConfig  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx import config as config_lib  # pylint: disable=g-import-not-at-top
 
     coco128 = os.environ.get("MASKRCNN_TFX_COCO128", "")
     annotations = os.path.join(coco128, "annotations", "instances.json")
@@ -299,14 +299,13 @@ def evaluator_on_coco128(work: str, train_steps: int, image_size: int) -> Dict[s
     data = os.path.join(work, "coco128")
     report = convert_coco(annotations, os.path.join(coco128, "images"), data, eval_fraction=0.25, progress=False,
                           num_workers=2)
-    config = PipelineConfig.from_dict({
+    config = config_lib.from_dict({
         "pipeline_name": "evaluator-bench", "pipeline_root": os.path.join(work, "pipeline"),
         "data": {"root": data},
-        "trainer": {"preset": "tiny", "train_steps": train_steps, "eval_steps": 1,
-                    "overrides": {"model": {"input_size": image_size}, "train": {"batch_size": 2,
-                                                                                 "eval_batch_size": 2}}},
+        "trainer": {"preset": "tiny", "model": {"input_size": image_size},
+                    "train": {"train_steps": train_steps, "eval_steps": 1, "batch_size": 2, "eval_batch_size": 2}},
         # The product's default evaluation; a few-step model is not expected to be blessed.
-    }).validate()
+    })
     start = time.monotonic()
     local_runner.run(config)
     total = time.monotonic() - start

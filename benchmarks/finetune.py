@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
     tf.get_logger().setLevel("ERROR")
-    from maskrcnn_tfx.trainer import config as config_lib  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx import config as config_lib  # pylint: disable=g-import-not-at-top
     from maskrcnn_tfx.trainer import train as train_lib  # pylint: disable=g-import-not-at-top
 
     size = args.image_size
@@ -97,14 +97,14 @@ def main(argv=None) -> int:
     common = {"model": {"input_size": size}, "data": {"shuffle_buffer_size": 256}}
 
     def run(name, preset, data, steps, eval_data=None, **train):
-        values = {**common, "label_map_path": data["label_map"],
+        values = {**common,
                   "train": {"batch_size": args.batch_size, "eval_batch_size": 4, "train_steps": steps,
                             "eval_steps": -1 if eval_data else 0, "eval_interval": 0,
                             "checkpoint_interval": steps, "summary_interval": steps, **train}}
-        config = config_lib.load_config(preset, values)
+        config = config_lib.load_trainer_config(preset, values)
         start = time.monotonic()
         result = train_lib.train(config, data["pattern"], eval_data["pattern"] if eval_data else None,
-                                 os.path.join(runs_dir, name))
+                                 os.path.join(runs_dir, name), label_map=data["label_map"])
         seconds = time.monotonic() - start
         metrics = result.eval_metrics
         print(f"{name}: preset {preset}, {result.global_step} steps in {seconds:.0f} s, "

@@ -209,15 +209,16 @@ def make_images(coco128: str, count: int, size: int, out_dir: str) -> Tuple[List
 def experiment_config(args):
     """The --preset (coco_r50fpn) at --input-size with --max-detections, keeping every detection."""
     from maskrcnn_tfx.label_map import LabelMap  # pylint: disable=import-outside-toplevel
-    from maskrcnn_tfx.trainer import config as config_lib  # pylint: disable=import-outside-toplevel
+    from maskrcnn_tfx import config as config_lib  # pylint: disable=import-outside-toplevel
+    from maskrcnn_tfx.trainer import experiment as experiment_lib  # pylint: disable=import-outside-toplevel
 
     # COCO's class count as torchvision has it: ids 1..90 (+ background) = 91 outputs, no gaps (so no detection
     # is dropped for an id outside the label map).
     label_map = LabelMap.from_pairs([(i, f"class_{i}") for i in range(1, 91)])
-    config = config_lib.load_config(args.preset, {
+    config = config_lib.load_trainer_config(args.preset, {
         "model": {"input_size": args.input_size, "max_num_detections": args.max_detections},
         "train": {"init_checkpoint": ""}})  # random init: no checkpoint can be downloaded here
-    experiment = config_lib.to_experiment_config(config, label_map)
+    experiment = experiment_lib.to_experiment_config(config, label_map)
     experiment.task.model.detection_generator.pre_nms_score_threshold = 0.0
     return experiment, label_map
 

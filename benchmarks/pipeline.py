@@ -65,14 +65,15 @@ def prepare_data(args: argparse.Namespace, work: str) -> str:
 
 
 def pipeline_config(args: argparse.Namespace, data: str, root: str) -> Dict[str, Any]:
-    overrides: Dict[str, Any] = {"train": {"summary_interval": SUMMARY_INTERVAL,
-                                           "checkpoint_interval": SUMMARY_INTERVAL * max(1, args.train_steps)}}
+    trainer: Dict[str, Any] = {"preset": "tiny", "train": {
+        "train_steps": args.train_steps, "summary_interval": SUMMARY_INTERVAL,
+        "checkpoint_interval": SUMMARY_INTERVAL * max(1, args.train_steps)}}
     if args.input_size:
-        overrides["model"] = {"input_size": args.input_size}
+        trainer["model"] = {"input_size": args.input_size}
     return {
         "pipeline_name": "maskrcnn-benchmark", "pipeline_root": root, "serving_dir": os.path.join(root, "serving"),
         "data": {"root": data},
-        "trainer": {"preset": "tiny", "train_steps": args.train_steps, "overrides": overrides},
+        "trainer": trainer,
         # Lower bounds of 0, which a peer checkout of before strict bounds accepts too: a short run's model is
         # blessed and pushed when its AP is above 0, so the benchmark times every component.
         "evaluation": {"box_metric": args.box_metric, "box_num_thresholds": args.box_num_thresholds,
@@ -100,16 +101,27 @@ def _product_module(name: str):
     return importlib.import_module(f"maskrcnn_tfx.{name}" if namespaced else name)
 
 
+def _load_config(values: Dict[str, Any]):
+    """The child's validated configuration, in the form the code on its PYTHONPATH reads."""
+    import maskrcnn_tfx  # pylint: disable=g-import-not-at-top
+
+    if any(os.path.isdir(os.path.join(folder, "config")) for folder in maskrcnn_tfx.__path__):
+        return importlib.import_module("maskrcnn_tfx.config").from_dict(values)
+    # A peer from before the one configuration: the trainer's fields were its overrides, the steps apart.
+    trainer = dict(values["trainer"])
+    older = {"preset": trainer.pop("preset"), "train_steps": trainer["train"].pop("train_steps"),
+             "overrides": trainer}
+    return _product_module("pipelines.config").PipelineConfig.from_dict(dict(values, trainer=older)).validate()
+
+
 def run_once(config_file: str, result_file: str) -> None:
     """The child: runs the pipeline of ``config_file`` with the code on its PYTHONPATH, writes the times."""
     import maskrcnn_tfx  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import  (selects tf_keras)
 
     local_runner = _product_module("pipelines.local_runner")
     outputs = _product_module("pipelines.outputs")
-    PipelineConfig = _product_module("pipelines.config").PipelineConfig  # pylint: disable=invalid-name
-
     with open(config_file, encoding="utf-8") as f:
-        config = PipelineConfig.from_dict(json.load(f)).validate()
+        config = _load_config(json.load(f))
     started = time.time()
     local_runner.run(config)
     wall = time.time() - started

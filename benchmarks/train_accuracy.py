@@ -82,7 +82,7 @@ def main(argv=None) -> int:
 
     tf.get_logger().setLevel("ERROR")
     from maskrcnn_tfx.label_map import LabelMap  # pylint: disable=g-import-not-at-top
-    from maskrcnn_tfx.trainer import config as config_lib  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx import config as config_lib  # pylint: disable=g-import-not-at-top
     from maskrcnn_tfx.trainer import export as export_lib  # pylint: disable=g-import-not-at-top
     from maskrcnn_tfx.trainer import train as train_lib  # pylint: disable=g-import-not-at-top
 
@@ -108,7 +108,6 @@ def main(argv=None) -> int:
 
     def overrides(total_steps: int, eval_interval: int = 0):
         values = {
-            "label_map_path": data.label_map,
             "model": {"input_size": args.image_size},
             "train": {
                 "batch_size": args.batch_size, "train_steps": total_steps,
@@ -153,10 +152,10 @@ def main(argv=None) -> int:
 
     # 1. A short call: speed and start-up.
     step = train_lib.latest_step(model_dir)
-    config = config_lib.load_config("tiny", overrides(planned))
+    config = config_lib.load_trainer_config("tiny", overrides(planned))
+    config.train.train_steps = max(first, step + 1)  # this call stops early; the schedule stays the planned one
     chunk_start = time.monotonic()
-    result = train_lib.train(config, data.train_pattern, None, model_dir, label_map=labels,
-                             train_steps=max(first, step + 1))
+    result = train_lib.train(config, data.train_pattern, None, model_dir, label_map=labels)
     chunk_seconds = time.monotonic() - chunk_start
     chunk_steps = max(result.global_step - step, 1)
     train_seconds += chunk_seconds
@@ -179,10 +178,9 @@ def main(argv=None) -> int:
     if planned - step >= 50:
         stride = max(50, int(math.ceil((planned - step) / args.evals / 50.0)) * 50)
         print(f"plan: {planned} steps in all, evaluations every {stride} steps", flush=True)
-        config = config_lib.load_config("tiny", overrides(planned, eval_interval=stride))
+        config = config_lib.load_trainer_config("tiny", overrides(planned, eval_interval=stride))
         chunk_start, call_2_epoch = time.monotonic(), time.time()
-        result = train_lib.train(config, data.train_pattern, data.eval_pattern, model_dir, label_map=labels,
-                                 train_steps=planned)
+        result = train_lib.train(config, data.train_pattern, data.eval_pattern, model_dir, label_map=labels)
         chunk_seconds = time.monotonic() - chunk_start
         train_seconds += chunk_seconds
         print(f"call 2: steps {step}->{result.global_step} in {chunk_seconds:.0f} s (evaluations included), "

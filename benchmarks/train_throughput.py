@@ -1,7 +1,7 @@
 """Benchmark: training images/s of our Trainer against Model Garden's own training loop, same experiment, same run.
 
 Contenders, on the same converted shapes TFRecords and the same Model Garden ``ExperimentConfig`` (built by
-``maskrcnn_tfx.trainer.config.to_experiment_config`` from the same ``tiny`` configuration, ``train_data.input_path``
+``maskrcnn_tfx.trainer.experiment.to_experiment_config`` from the same ``tiny`` configuration, ``train_data.input_path``
 pointing at the same files), same global batch size, steps and steps per loop, same strategy (the one our
 ``runtime.strategy: auto`` builds: one device, the CPU here):
 
@@ -50,12 +50,11 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def trainer_config(args, label_map_path: str):
-    from maskrcnn_tfx.trainer import config as config_lib  # pylint: disable=g-import-not-at-top
+def trainer_config(args):
+    from maskrcnn_tfx import config as config_lib  # pylint: disable=g-import-not-at-top
 
     steps = args.loops * args.loop_steps
-    return config_lib.load_config("tiny", {
-        "label_map_path": label_map_path,
+    return config_lib.load_trainer_config("tiny", {
         "model": {"input_size": args.image_size},
         "train": {"batch_size": args.batch_size, "train_steps": steps, "eval_steps": 0,
                   "summary_interval": args.loop_steps, "checkpoint_interval": steps},
@@ -85,12 +84,12 @@ def run_worker(args) -> Dict:
 
     tf.get_logger().setLevel("ERROR")
     from maskrcnn_tfx.label_map import LabelMap  # pylint: disable=g-import-not-at-top
-    from maskrcnn_tfx.trainer import config as config_lib  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.trainer import experiment as experiment_lib  # pylint: disable=g-import-not-at-top
     from maskrcnn_tfx.trainer import strategy as strategy_lib  # pylint: disable=g-import-not-at-top
 
     with open(args.data, encoding="utf-8") as f:
         data = json.load(f)
-    cfg = trainer_config(args, data["label_map"])
+    cfg = trainer_config(args)
     labels = LabelMap.load(data["label_map"])
     strategy = strategy_lib.build_strategy(cfg.runtime)
     model_dir = tempfile.mkdtemp(prefix=f"tp_{args.worker}_", dir=args.work_dir)
@@ -111,7 +110,7 @@ def run_worker(args) -> Dict:
         from official.modeling import performance  # pylint: disable=g-import-not-at-top
         from official.vision.tasks import maskrcnn as _  # noqa: F401  (registers MaskRCNNTask)
 
-        experiment = config_lib.to_experiment_config(cfg, labels, train_input=data["train"], file_type="tfrecord")
+        experiment = experiment_lib.to_experiment_config(cfg, labels, train_input=data["train"], file_type="tfrecord")
         performance.set_mixed_precision_policy(experiment.runtime.mixed_precision_dtype)
         with strategy.scope():
             task = task_factory.get_task(experiment.task, logging_dir=model_dir)

@@ -15,15 +15,16 @@ import maskrcnn_tfx  # noqa: F401  (selects tf_keras before TensorFlow loads)
 from tfx.orchestration.beam.beam_dag_runner import BeamDagRunner
 
 from maskrcnn_tfx.files import is_remote
-from maskrcnn_tfx.pipelines.config import PipelineConfig
+from maskrcnn_tfx.config import PipelineConfig
 from maskrcnn_tfx.pipelines.pipeline import create_pipeline
 from maskrcnn_tfx.pipelines.run_output import drop_false_warnings
 
 
 def run(config: PipelineConfig) -> None:
-    """Validates ``config``, then runs the pipeline with BeamDagRunner; a failing component raises."""
+    """Runs the pipeline with BeamDagRunner; a failing component raises."""
     drop_false_warnings()
-    config = config.replace(runner="beam").validate()
+    if config.runner != "beam":  # another runner makes another configuration, validated as it is made
+        config = config.replace(runner="beam")
     if not is_remote(config.resolved_metadata_path):
         os.makedirs(os.path.dirname(config.resolved_metadata_path), exist_ok=True)
-    BeamDagRunner().run(create_pipeline(config, validated=True))
+    BeamDagRunner().run(create_pipeline(config))

@@ -36,7 +36,7 @@ Box AP comes from one of two implementations (``box_metric``):
     matching per example: 40 per class (3,201 computations with the mask metric at 80 classes), each growing
     with the score thresholds, so a COCO-like eval split takes hours (figures: benchmarks/README.md).
     :func:`tfma_box_metric_cost` gives the estimate, and
-    ``maskrcnn_tfx.pipelines.config.PipelineConfig.validate`` warns before a run whose estimate is slow.
+    ``maskrcnn_tfx.pipelines.pipeline.create_pipeline`` warns before a run whose estimate is slow.
 
 Slicing: the overall slice plus, by default, :data:`maskrcnn_tfx.pipelines.metrics.OBJECT_COUNT` (the number of
 non-crowd objects, bucketed 0, 1, 2-3, 4-7, ...), a feature that ``maskrcnn_tfx.pipelines.metrics.custom_extractors``
@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 from typing import Any, Dict, List, Optional, Sequence, Union
 
@@ -158,6 +159,19 @@ def tfma_box_metric_cost(num_classes: int, num_thresholds: int = DEFAULT_BOX_NUM
     return TfmaBoxMetricCost(num_classes=int(num_classes), num_thresholds=int(num_thresholds),
                              computations=box + 1,
                              seconds_per_image=box * (fixed + per_threshold * int(num_thresholds)))
+
+
+def warn_if_slow_box_metric(evaluation: Any, label_map: LabelMap) -> Optional[TfmaBoxMetricCost]:
+    """Logs the expected cost of ``evaluation.box_metric`` "tfma" when it would be slow, before a run starts.
+
+    ``evaluation`` is the configuration's evaluation section; returns the cost (None for "pycocotools").
+    """
+    if evaluation.box_metric != "tfma":
+        return None
+    cost = tfma_box_metric_cost(len(label_map), evaluation.box_num_thresholds)
+    if cost.slow:
+        logging.getLogger(__name__).warning("%s", cost.message())
+    return cost
 
 
 def tfma_box_metric_configs(label_map: LabelMap, *, name: str = BOX_AP,

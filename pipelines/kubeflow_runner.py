@@ -4,7 +4,7 @@ Every component runs in ``config.kubeflow.image`` (built from this repository's 
 this project so that the custom components, ``maskrcnn_tfx.trainer.*`` and ``maskrcnn_tfx.pipelines.metrics`` import.
 ``pipelines/submit.py`` submits the JSON to a Kubeflow Pipelines endpoint or to Vertex AI. Paths in the
 configuration (data, pipeline root, serving dir, trainer files) must be readable by the cluster: the
-configuration's validation refuses paths on this machine's disk (see ``submit.config_problems``).
+configuration's validation refuses paths on this machine's disk (see ``maskrcnn_tfx/config/submission.py``).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import maskrcnn_tfx  # noqa: F401  (selects tf_keras before TensorFlow loads)
 from tfx import v1 as tfx
 
 from maskrcnn_tfx.files import is_remote
-from maskrcnn_tfx.pipelines.config import PipelineConfig
+from maskrcnn_tfx.config import PipelineConfig
 from maskrcnn_tfx.pipelines.pipeline import create_pipeline
 
 
@@ -28,12 +28,13 @@ def output_file(config: PipelineConfig) -> str:
 
 
 def compile_pipeline(config: PipelineConfig) -> str:
-    """Validates ``config`` and writes the KFP v2 pipeline JSON; returns its path."""
-    config = config.replace(runner="kubeflow").validate(check_files=False)
+    """Writes the KFP v2 pipeline JSON; returns its path."""
+    if config.runner != "kubeflow":  # another runner makes another configuration, validated as it is made
+        config = config.replace(runner="kubeflow")
     path = output_file(config)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=config.kubeflow.image),
         output_dir=os.path.dirname(path), output_filename=os.path.basename(path))
-    runner.run(create_pipeline(config, validated=True))
+    runner.run(create_pipeline(config))
     return path

@@ -18,7 +18,7 @@ from tfx.orchestration import metadata as tfx_metadata
 
 from maskrcnn_tfx.pipelines import component_ids as ids
 from maskrcnn_tfx.pipelines import metrics as metrics_lib
-from maskrcnn_tfx.pipelines.config import PipelineConfig
+from maskrcnn_tfx.config.schema import PipelineConfig
 
 _STATE_NAMES = {v: k for k, v in metadata_store_pb2.Execution.State.items()}
 _OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT,

@@ -9,19 +9,19 @@ training, with a report (TFDV's anomalies by feature, the AnnotationValidator's 
 """
 from __future__ import annotations
 
-import os
-from typing import Any, Dict, List, Optional
+from typing import List, Optional
 
 import maskrcnn_tfx  # noqa: F401  (selects tf_keras before TensorFlow loads)
 from tfx import v1 as tfx
 from tfx.dsl.components.base import base_node
 
+from maskrcnn_tfx import config as config_lib
 from maskrcnn_tfx.components.annotation_validator import AnnotationValidator
 from maskrcnn_tfx.components.anomalies_gate import AnomaliesGate
 from maskrcnn_tfx.label_map import LabelMap
 from maskrcnn_tfx.pipelines import component_ids as ids
 from maskrcnn_tfx.pipelines import eval_config as eval_config_lib
-from maskrcnn_tfx.pipelines.config import PipelineConfig
+from maskrcnn_tfx.config import PipelineConfig
 
 PREPROCESSING_FN = "maskrcnn_tfx.trainer.preprocessing.preprocessing_fn"
 RUN_FN = "maskrcnn_tfx.trainer.task.run_fn"
@@ -62,39 +62,15 @@ def _infra_validator(config: PipelineConfig, examples, model) -> Optional[tfx.co
                                          request_spec=request_spec).with_id(ids.INFRA_VALIDATOR)
 
 
-def trainer_custom_config(config: PipelineConfig) -> Dict[str, Any]:
-    """Everything the Trainer trains with, in one place: its ``custom_config`` (the preset, the overrides, the
-    fine-tuning checkpoint and the step counts). The pipeline passes no TrainArgs/EvalArgs, so
-    ``trainer.train_steps`` reaches the Trainer as ``train.train_steps`` and nothing else can outrank it;
-    ``maskrcnn-tfx config show`` prints the configuration this resolves to.
-
-    The Trainer evaluates only when the configuration asks it to: the Evaluator computes COCO box and mask AP on
-    the same eval split, exactly, and decides the blessing, so the Trainer's own evaluation (Model Garden's, at
-    the end of training) would repeat it, at the cost of building the eval input pipeline, tracing the eval step
-    and a pass over the split. ``trainer.eval_steps`` or ``trainer.overrides: {train: {eval_steps: N}}`` turn
-    it back on (its metrics go to TensorBoard).
-    """
-    custom = config.trainer_custom_config()
-    train = dict(custom.get("train") or {})
-    if config.trainer.train_steps:
-        train["train_steps"] = config.trainer.train_steps
-    if config.trainer.eval_steps:
-        train["eval_steps"] = config.trainer.eval_steps
-    elif "eval_steps" not in train:
-        train["eval_steps"] = 0
-    custom["train"] = train
-    return custom
-
-
-def create_pipeline(config: PipelineConfig, *, validated: bool = False) -> tfx.dsl.Pipeline:
-    """The TFX pipeline of ``config`` (validated here unless ``validated``), for any runner.
+def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
+    """The TFX pipeline of ``config`` (from :func:`maskrcnn_tfx.config.load`, validated there), for any runner.
 
     The metadata connection is SQLite under the pipeline root for the local and Beam runners; Kubeflow
     provides its own.
     """
-    if not validated:
-        config = config.validate(check_files=config.runner != "kubeflow")
     label_map = LabelMap.load(config.label_map_path)
+    # Before anything runs: TFMA's box metric on many classes would keep the Evaluator busy for hours.
+    eval_config_lib.warn_if_slow_box_metric(config.evaluation, label_map)
 
     example_gen = tfx.components.ImportExampleGen(
         input_base=config.data.root, input_config=_input_config(config),
@@ -111,15 +87,10 @@ def create_pipeline(config: PipelineConfig, *, validated: bool = False) -> tfx.d
         statistics=statistics_gen.outputs["statistics"],
         schema=schema_gen.outputs["schema"]).with_id(ids.EXAMPLE_VALIDATOR)
     anomalies_gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"]).with_id(ids.ANOMALIES_GATE)
-    from maskrcnn_tfx.trainer import config as trainer_config  # pylint: disable=g-import-not-at-top
-
     # Training data is held to the served model's image size limit.
-    # One custom_config for the Trainer and for the limit the validator holds training data to.
-    custom_config = trainer_custom_config(config)
-    max_image_pixels = trainer_config.load_config(overrides=custom_config).export.max_image_pixels
     annotation_validator = AnnotationValidator(examples=example_gen.outputs["examples"],
                                                label_map_path=config.label_map_path,
-                                               max_image_pixels=max_image_pixels).with_id(ids.ANNOTATION_VALIDATOR)
+                                               max_image_pixels=config.trainer.export.max_image_pixels).with_id(ids.ANNOTATION_VALIDATOR)
 
     # No TFDV statistics of its own: before the transform they are StatisticsGen's on the same examples, after
     # it the same features plus two constant ones. No analyzer cache: nothing feeds it back (it pays off
@@ -136,7 +107,8 @@ def create_pipeline(config: PipelineConfig, *, validated: bool = False) -> tfx.d
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
-        custom_config=custom_config).with_id(ids.TRAINER)
+        # Every training setting, the steps included: no TrainArgs/EvalArgs (maskrcnn_tfx/trainer/task.py).
+        custom_config=config_lib.trainer_custom_config(config)).with_id(ids.TRAINER)
 
     # The model to beat: the latest one the Evaluator blessed (none on the first run: no comparison then).
     baseline_resolver = tfx.dsl.Resolver(

@@ -20,11 +20,13 @@ import sys
 from typing import Any, Dict, List
 
 from maskrcnn_tfx.pipelines import submit
-from maskrcnn_tfx.pipelines.config import INIT_CHECKPOINT_MODULES, RUNNERS, PipelineConfig, PipelineConfigError
+from maskrcnn_tfx import config as config_lib
+from maskrcnn_tfx.config.schema import INIT_CHECKPOINT_MODULES, RUNNERS, ConfigError, PipelineConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="a pipeline configuration YAML file (see pipelines/config.py)")
+    parser.add_argument("--config", help="a configuration YAML file (see maskrcnn_tfx/config/schema.py; "
+                                           "`maskrcnn-tfx config show` prints the merged result)")
     parser.add_argument("--runner", choices=RUNNERS, help="local (default): run here; beam: BeamDagRunner; "
                                                         "kubeflow: compile a KFP v2 / Vertex AI pipeline JSON "
                                                         "(and submit it with --kfp-host or --vertex-project)")
@@ -40,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                              "(default: PIPELINE_ROOT/serving)")
     parser.add_argument("--preset", help="the trainer preset (tiny, finetune, coco_r50fpn) or a preset YAML file")
     parser.add_argument("--train-steps", type=int, help="training steps (default: the preset's)")
-    parser.add_argument("--eval-steps", type=int, help="evaluation steps of the Trainer (-1: whole eval split)")
+    parser.add_argument("--eval-steps", type=int, help="the Trainer's own evaluation, in batches (-1: the "
+                                                         "whole eval split; 0: none, the preset's default)")
     parser.add_argument("--min-mask-ap", type=float, help="bless only with a mask AP strictly above this "
                                                           "(default 0.001; -1: any AP)")
     parser.add_argument("--min-box-ap", type=float, help="bless only with a box AP strictly above this "
@@ -72,45 +75,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     submit.add_arguments(parser)
 
 
-def config_from_args(args: argparse.Namespace) -> PipelineConfig:
-    """The configuration file (if any) with the flags given applied on top, validated."""
-    config = PipelineConfig.from_yaml(args.config) if args.config else PipelineConfig()
+def config_changes(args: argparse.Namespace) -> Dict[str, Any]:
+    """The flags given, as a nested dict of configuration fields (the schema's: maskrcnn_tfx/config/schema.py)."""
     changes: Dict[str, Any] = {}
 
-    def put(section: str, key: str, value: Any) -> None:
-        if value is not None:
-            (changes.setdefault(section, {}) if section else changes)[key] = value
+    def put(path: str, value: Any) -> None:
+        if value is None:
+            return
+        *sections, key = path.split(".")
+        target = changes
+        for section in sections:
+            target = target.setdefault(section, {})
+        target[key] = value
 
-    put("", "runner", args.runner)
-    put("", "pipeline_name", args.pipeline_name)
-    put("", "pipeline_root", args.pipeline_root)
-    put("", "metadata_path", args.metadata_path)
-    put("", "serving_dir", args.serving_dir)
-    put("", "beam_args", args.beam_args)
+    put("runner", args.runner)
+    put("pipeline_name", args.pipeline_name)
+    put("pipeline_root", args.pipeline_root)
+    put("metadata_path", args.metadata_path)
+    put("serving_dir", args.serving_dir)
+    put("beam_args", args.beam_args)
     if args.no_cache:
-        put("", "enable_cache", False)
-    put("data", "root", args.data)
-    put("data", "train_pattern", args.train_pattern)
-    put("data", "eval_pattern", args.eval_pattern)
-    put("data", "label_map_path", args.label_map)
-    put("data", "schema_path", args.schema)
-    put("trainer", "preset", args.preset)
-    put("trainer", "train_steps", args.train_steps)
-    put("trainer", "eval_steps", args.eval_steps)
-    put("trainer", "init_checkpoint", args.init_checkpoint)
-    put("trainer", "init_checkpoint_modules", args.init_checkpoint_modules)
-    put("evaluation", "min_mask_ap", args.min_mask_ap)
-    put("evaluation", "min_box_ap", args.min_box_ap)
-    put("evaluation", "max_ap_drop", args.max_ap_drop)
-    put("evaluation", "box_metric", args.box_metric)
-    put("evaluation", "box_num_thresholds", args.box_num_thresholds)
-    put("infra_validation", "mode", args.infra_validation)
-    put("kubeflow", "image", args.image)
-    put("kubeflow", "output_file", args.output_file)
+        put("enable_cache", False)
+    put("data.root", args.data)
+    put("data.train_pattern", args.train_pattern)
+    put("data.eval_pattern", args.eval_pattern)
+    put("data.label_map_path", args.label_map)
+    put("data.schema_path", args.schema)
+    put("trainer.preset", args.preset)
+    put("trainer.train.train_steps", args.train_steps)
+    put("trainer.train.eval_steps", args.eval_steps)
+    put("trainer.train.init_checkpoint", args.init_checkpoint)
+    put("trainer.train.init_checkpoint_modules", args.init_checkpoint_modules)
+    put("evaluation.min_mask_ap", args.min_mask_ap)
+    put("evaluation.min_box_ap", args.min_box_ap)
+    put("evaluation.max_ap_drop", args.max_ap_drop)
+    put("evaluation.box_metric", args.box_metric)
+    put("evaluation.box_num_thresholds", args.box_num_thresholds)
+    put("infra_validation.mode", args.infra_validation)
+    put("kubeflow.image", args.image)
+    put("kubeflow.output_file", args.output_file)
     if submit.config_changes(args):
         changes.setdefault("kubeflow", {}).update(submit.config_changes(args))
-    config = config.replace(**changes)
-    return config.validate(check_files=config.runner != "kubeflow")
+    return changes
+
+
+def config_from_args(args: argparse.Namespace) -> PipelineConfig:
+    """The configuration file (if any) with the flags given merged over it, validated once."""
+    return config_lib.load(args.config, config_changes(args))
 
 
 def main(args: argparse.Namespace) -> int:
@@ -119,10 +130,10 @@ def main(args: argparse.Namespace) -> int:
     verbose = bool(getattr(args, "verbose", False))
     preamble: List[str] = []
     try:
-        # Validating the trainer preset imports TensorFlow, whose C++ start-up messages go to the run's log.
+        # Whatever loading prints (a remote preset loads TensorFlow's file system) goes to the run's log.
         with contextlib.nullcontext(preamble) if verbose else run_output.captured_output() as preamble:
             config = config_from_args(args)
-    except PipelineConfigError as e:
+    except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if config.runner == "kubeflow":
@@ -162,7 +173,7 @@ def _run(config: PipelineConfig, verbose: bool = False, preamble: str = "") -> i
                 from maskrcnn_tfx.pipelines import beam_runner as runner  # pylint: disable=g-import-not-at-top
             else:
                 from maskrcnn_tfx.pipelines import local_runner as runner  # pylint: disable=g-import-not-at-top
-            out.set_components([c.id for c in create_pipeline(config, validated=True).components])
+            out.set_components([c.id for c in create_pipeline(config).components])
             runner.run(config)
         except (Exception, KeyboardInterrupt) as e:  # pylint: disable=broad-except
             # The components' own errors (validation reports, thresholds) are the message a user needs.

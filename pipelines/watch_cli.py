@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from maskrcnn_tfx.pipelines import watcher as watcher_lib  # pylint: disable=g-import-not-at-top
-    from maskrcnn_tfx.pipelines.config import PipelineConfigError  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.config import ConfigError  # pylint: disable=g-import-not-at-top
 
     def log(message: str) -> None:
         print(f"[watch {watcher_lib._now()}] {message}", flush=True)  # pylint: disable=protected-access
@@ -46,7 +46,7 @@ def main(args: argparse.Namespace) -> int:
         watcher = watcher_lib.Watcher(args.config, poll_seconds=args.poll_seconds,
                                       settle_seconds=args.settle_seconds, report_dir=args.report_dir,
                                       gallery_size=args.gallery_size, max_runs=args.max_runs, log=log)
-    except PipelineConfigError as e:
+    except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     watcher.install_signal_handlers()

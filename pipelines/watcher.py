@@ -33,7 +33,8 @@ import time
 from typing import Callable, List, Optional, Tuple
 
 from maskrcnn_tfx.files import is_remote
-from maskrcnn_tfx.pipelines.config import SPAN_TOKEN, PipelineConfig, PipelineConfigError
+from maskrcnn_tfx import config as config_lib
+from maskrcnn_tfx.config.schema import SPAN_TOKEN, ConfigError, PipelineConfig
 
 STATE_FILE = "watch_state.json"
 LOCK_FILE = "watch.lock"
@@ -84,19 +85,19 @@ class Watcher:
     # -- configuration and spans ---------------------------------------------------------------------------
 
     def load_config(self) -> PipelineConfig:
-        config = PipelineConfig.from_yaml(self.config_file)
+        # The data need not exist yet: the watcher waits for its spans.
+        config = config_lib.load(self.config_file, check_files=False)
         if config.runner not in ("local", "beam"):
-            raise PipelineConfigError(f"{self.config_file}: watch runs the pipeline on this machine (runner "
-                                      f"local or beam), not {config.runner!r}; Kubeflow and Vertex AI schedule "
-                                      f"runs themselves (maskrcnn-tfx run --runner kubeflow --schedule ...)")
-        config = config.validate(check_files=False)
+            raise ConfigError(f"{self.config_file}: watch runs the pipeline on this machine (runner "
+                              f"local or beam), not {config.runner!r}; Kubeflow and Vertex AI schedule "
+                              f"runs themselves (maskrcnn-tfx run --runner kubeflow --schedule ...)")
         d = config.data
         patterns = [d.pattern] if d.uses_hash_buckets else [d.train_pattern, d.eval_pattern]
         if not all(SPAN_TOKEN in p for p in patterns):
-            raise PipelineConfigError(f"{self.config_file}: watch needs span patterns: data patterns with "
-                                      f"{SPAN_TOKEN} (e.g. span-{SPAN_TOKEN}/train/*), not {patterns}")
+            raise ConfigError(f"{self.config_file}: watch needs span patterns: data patterns with "
+                              f"{SPAN_TOKEN} (e.g. span-{SPAN_TOKEN}/train/*), not {patterns}")
         if is_remote(config.resolved_metadata_path):
-            raise PipelineConfigError(f"{self.config_file}: the metadata store must be a local file")
+            raise ConfigError(f"{self.config_file}: the metadata store must be a local file")
         return config
 
     @staticmethod
@@ -183,7 +184,7 @@ class Watcher:
         while not self._stop.is_set():
             try:
                 config = self.load_config()
-            except PipelineConfigError as e:
+            except ConfigError as e:
                 self.log(f"error: {e} (waiting for a fixed configuration)")
                 config = None
             found = self.latest_span(config) if config is not None else None

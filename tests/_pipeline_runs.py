@@ -55,21 +55,21 @@ def make_span(data_root: str, span: int, seed: int, *, num_images: int = NUM_IMA
 
 def base_config(data_root: str, root: str, **evaluation: Any):
     """The runs' configuration: spans under ``data_root``, outputs under ``root``, a 3-step tiny model."""
-    from maskrcnn_tfx.pipelines.config import PipelineConfig  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx import config as config_lib  # pylint: disable=g-import-not-at-top
 
-    return PipelineConfig.from_dict({
+    return config_lib.from_dict({
         "pipeline_name": PIPELINE_NAME,
         "pipeline_root": os.path.join(root, "pipeline_root"),
         "serving_dir": os.path.join(root, "serving"),
         "beam_args": BEAM_ARGS,
         "data": {"root": data_root, "train_pattern": "span-{SPAN}/train/*", "eval_pattern": "span-{SPAN}/eval/*",
                  "label_map_path": os.path.join(data_root, "span-1", "label_map.json")},
-        "trainer": {"preset": "tiny", "train_steps": TRAIN_STEPS, "eval_steps": 1,
-                    "overrides": {"train": {"batch_size": 2, "eval_batch_size": 2}}},
+        "trainer": {"preset": "tiny", "train": {"train_steps": TRAIN_STEPS, "eval_steps": 1, "batch_size": 2,
+                                                "eval_batch_size": 2}},
         # The runs are about the wiring, and a 3-step model's AP may be 0: bounds of -1 (AP must be above -1) let
         # every model with a defined AP pass, and max_ap_drop 1 lets it score below the last blessed one.
         "evaluation": dict({"min_mask_ap": -1.0, "min_box_ap": -1.0, "max_ap_drop": 1.0}, **evaluation),
-    }).validate()
+    })
 
 
 def versions(serving_dir: str) -> List[str]:
@@ -150,7 +150,7 @@ def run_sequence(work: str) -> LocalPipelineRuns:
     runs["first"] = run_command("first", config, "pipeline.yaml")
 
     # Same data and trainer, an unreachable mask AP: upstream is cached, the Evaluator runs and does not bless.
-    strict = config.replace(evaluation={"min_mask_ap": 1.0}).validate()
+    strict = config.replace(evaluation={"min_mask_ap": 1.0})
     local_runner.run(strict)
     runs["strict"] = Run("strict", strict, outputs.summarize_run(strict), versions(serving_dir))
 
@@ -158,7 +158,7 @@ def run_sequence(work: str) -> LocalPipelineRuns:
     # trained on span 2 and compared with the last blessed model (the first run's).
     make_span(data_root, 2, seed=SPAN_SEEDS[2])
     # Through the command too: its output is checked on the Beam runner (whose workers are processes).
-    on_beam = config.replace(runner="beam", beam_args=[]).validate()
+    on_beam = config.replace(runner="beam", beam_args=[])
     runs["span2"] = run_command("span2", on_beam, "pipeline-beam.yaml")
     return LocalPipelineRuns(config=config, pipeline_root=config.pipeline_root,
                              metadata_path=config.resolved_metadata_path, serving_dir=serving_dir,

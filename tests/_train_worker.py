@@ -1,6 +1,6 @@
 """A training process for the trainer tests: ``python tests/_train_worker.py SPEC.json``.
 
-SPEC holds ``config`` (overrides, may name a preset), ``train_files``, ``eval_files``, ``model_dir``,
+SPEC holds ``config`` (trainer fields, may name a preset), ``label_map``, ``train_files``, ``eval_files``, ``model_dir``,
 ``result`` (where to write the result JSON) and optionally ``logical_cpus`` (split the CPU into that many
 logical devices before TensorFlow starts, for MirroredStrategy) and ``base_model``. A multi-worker run gets
 its cluster from TF_CONFIG, set by the test.
@@ -30,7 +30,7 @@ def main(spec_path: str) -> int:
     from maskrcnn_tfx.trainer import train as train_lib  # pylint: disable=g-import-not-at-top
 
     result = train_lib.train(spec["config"], spec["train_files"], spec.get("eval_files"), spec["model_dir"],
-                             base_model=spec.get("base_model"))
+                             label_map=spec["label_map"], base_model=spec.get("base_model"))
     digest = hashlib.sha256()
     for _, variable in model_lib.model_parts_variables(result.model):
         if variable.trainable:

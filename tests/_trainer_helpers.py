@@ -51,14 +51,13 @@ def shapes_data(base_dir: str, *, num_images: int = 24, image_size: int = 128) -
         return ShapesData(**json.load(f))
 
 
-def quick_overrides(data: ShapesData, **train: Any) -> Dict[str, Any]:
-    """The tiny preset made quicker for tests: batch 2, a checkpoint and summaries every 2 steps."""
+def quick_overrides(**train: Any) -> Dict[str, Any]:
+    """Trainer fields: the tiny preset made quicker for tests, batch 2, a checkpoint and summaries every 2 steps."""
     values = {"batch_size": 2, "eval_batch_size": 2, "train_steps": 4, "summary_interval": 2,
               "checkpoint_interval": 2, "eval_steps": 0,
               "learning_rate": {"warmup_steps": 2}}
     values.update(train)
-    return {"preset": "tiny", "label_map_path": data.label_map, "data": {"shuffle_buffer_size": 16},
-            "train": values}
+    return {"preset": "tiny", "data": {"shuffle_buffer_size": 16}, "train": values}
 
 
 def read_scalars(event_dir: str) -> Dict[str, List[Tuple[int, float]]]:

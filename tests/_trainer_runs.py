@@ -74,8 +74,8 @@ class KilledAndResumed:
         self.root = root
         self.data = data
         self.model_dir = os.path.join(root, "model_run")
-        self.first = _start({"config": helpers.quick_overrides(data, train_steps=LONG_RUN_STEPS),
-                             "train_files": data.train, "model_dir": self.model_dir,
+        self.first = _start({"config": helpers.quick_overrides(train_steps=LONG_RUN_STEPS),
+                             "label_map": data.label_map, "train_files": data.train, "model_dir": self.model_dir,
                              "result": os.path.join(root, "first.json")}, root, "first")
         self.first_returncode: Optional[int] = None
         self.killed_at = 0
@@ -101,9 +101,10 @@ class KilledAndResumed:
             self.first_returncode = self.first.process.wait(timeout=60)
             self.killed_at = train_lib.latest_step(self.model_dir)
             self.first_event_files = sorted(os.listdir(os.path.join(self.model_dir, "train")))
-            config = helpers.quick_overrides(self.data, train_steps=self.killed_at + 2)
+            config = helpers.quick_overrides(train_steps=self.killed_at + 2)
             config["runtime"] = {"strategy": "mirrored", "devices": ["/cpu:0", "/cpu:1"]}
-            self.second = _start({"config": config, "train_files": self.data.train, "model_dir": self.model_dir,
+            self.second = _start({"config": config, "label_map": self.data.label_map, "train_files": self.data.train,
+                                  "model_dir": self.model_dir,
                                   "result": os.path.join(self.root, "second.json"), "logical_cpus": 2},
                                  self.root, "second")
         except BaseException as e:  # pylint: disable=broad-except  (re-raised in the test's thread)
@@ -129,12 +130,12 @@ class KilledAndResumed:
 def _start_multi_worker(root: str, data: helpers.ShapesData) -> Dict[str, Run]:
     """Two processes, one replica each, one model dir (worker 0 is the chief)."""
     cluster = {"worker": [f"127.0.0.1:{portpicker.pick_unused_port()}" for _ in range(2)]}
-    config = helpers.quick_overrides(data, train_steps=MULTI_WORKER_STEPS)
+    config = helpers.quick_overrides(train_steps=MULTI_WORKER_STEPS)
     config["runtime"] = {"strategy": "multi_worker_mirrored"}
     runs = {}
     for index in range(2):
         name = f"worker{index}"
-        spec = {"config": config, "train_files": data.train, "model_dir": os.path.join(root, "multi_worker"),
+        spec = {"config": config, "label_map": data.label_map, "train_files": data.train, "model_dir": os.path.join(root, "multi_worker"),
                 "result": os.path.join(root, f"{name}.json")}
         env = {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
         runs[name] = _start(spec, root, name, env)

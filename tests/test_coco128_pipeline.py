@@ -35,7 +35,7 @@ def coco128_run(coco128_dir, tmp_path_factory):
     """coco128 converted, then one run of the local pipeline; returns (config, run summary, data folder)."""
     from maskrcnn_tfx.data.convert import convert_coco
     from maskrcnn_tfx.pipelines import local_runner, outputs
-    from maskrcnn_tfx.pipelines.config import PipelineConfig
+    from maskrcnn_tfx import config as config_lib
 
     work = str(tmp_path_factory.mktemp("coco128_pipeline"))
     data = os.path.join(work, "data")
@@ -43,18 +43,18 @@ def coco128_run(coco128_dir, tmp_path_factory):
                           os.path.join(coco128_dir, "images"), data, eval_fraction=EVAL_FRACTION, seed=0,
                           progress=False)
     assert report.images == 128 and not report.skipped
-    config = PipelineConfig.from_dict({
+    config = config_lib.from_dict({
         "pipeline_name": "maskrcnn-coco128-test",
         "pipeline_root": os.path.join(work, "pipeline"),
         "serving_dir": os.path.join(work, "serving"),
         "data": {"root": data},
-        "trainer": {"preset": "tiny", "train_steps": TRAIN_STEPS,
-                    "overrides": {"model": {"input_size": INPUT_SIZE},
-                                  "train": {"batch_size": 2, "summary_interval": 1, "checkpoint_interval": 3}}},
+        "trainer": {"preset": "tiny", "model": {"input_size": INPUT_SIZE},
+                    "train": {"train_steps": TRAIN_STEPS, "batch_size": 2, "summary_interval": 1,
+                              "checkpoint_interval": 3}},
         # The test's own thresholds: a 3-step model's AP is about 0 (any AP is above -1), and this run is about
         # the wiring on real data. COCO's exact box AP (its cost does not grow with the 80 classes).
         "evaluation": {"box_metric": "pycocotools", "min_mask_ap": -1.0, "min_box_ap": -1.0},
-    }).validate()
+    })
     local_runner.run(config)
     run = outputs.summarize_run(config)  # with the blessing, the pushed version and the metrics
     assert run is not None

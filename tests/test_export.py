@@ -18,7 +18,8 @@ from PIL import Image
 
 from maskrcnn_tfx import example_format as ef
 from maskrcnn_tfx.label_map import LabelMap
-from maskrcnn_tfx.trainer import config as config_lib
+from maskrcnn_tfx import config as config_lib
+from maskrcnn_tfx.trainer import experiment as experiment_lib
 from maskrcnn_tfx.trainer import export
 from maskrcnn_tfx.trainer import preprocessing
 
@@ -109,7 +110,7 @@ def work_dir():
 
 @pytest.fixture(scope="module")
 def experiment():
-    return config_lib.to_experiment_config(config_lib.load_config("tiny"), LABEL_MAP)
+    return experiment_lib.to_experiment_config(config_lib.load_trainer_config("tiny"), LABEL_MAP)
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +142,7 @@ def exported(model, transform, raw_examples, work_dir):
     tf_transform_output, _ = transform
     model_dir = os.path.join(work_dir, "serving_model")
     warmup = [raw_examples[0].encoded, raw_examples[1].encoded]
-    result = export.export_serving_model(model, config_lib.load_config("tiny"), LABEL_MAP, model_dir,
+    result = export.export_serving_model(model, config_lib.load_trainer_config("tiny"), LABEL_MAP, model_dir,
                                          tf_transform_output=tf_transform_output, warmup_images=warmup)
     assert result == model_dir
     return model_dir
@@ -317,7 +318,7 @@ def test_export_rejects_a_label_map_the_model_does_not_fit(experiment, tmp_path)
 
 
 def test_experiment_config_of_trainer_config_and_rejects_others(experiment):
-    from_trainer = export.experiment_config_of(config_lib.load_config("tiny"), LABEL_MAP)
+    from_trainer = export.experiment_config_of(config_lib.load_trainer_config("tiny"), LABEL_MAP)
     assert from_trainer.task.model.as_dict() == experiment.task.model.as_dict()
     assert export.experiment_config_of(experiment, LABEL_MAP) is experiment
     with pytest.raises(TypeError, match="TrainerConfig"):
@@ -387,7 +388,7 @@ def exported_bfloat16(model, transform, work_dir):
     """The same trained model exported with the configuration's ``export.precision: bfloat16`` (no precision
     argument: the export reads it from the TrainerConfig)."""
     tf_transform_output, _ = transform
-    config = config_lib.load_config("tiny", {"export": {"precision": "bfloat16"}})
+    config = config_lib.load_trainer_config("tiny", {"export": {"precision": "bfloat16"}})
     return export.export_serving_model(model, config, LABEL_MAP, os.path.join(work_dir, "serving_model_bf16"),
                                        tf_transform_output=tf_transform_output)
 

@@ -5,10 +5,10 @@ import os
 
 import pytest
 
+from maskrcnn_tfx import config as config_lib
 from maskrcnn_tfx.label_map import LabelMap
-from maskrcnn_tfx.pipelines import config as pipeline_config
 from maskrcnn_tfx.pipelines import run_cli
-from maskrcnn_tfx.trainer import config as config_lib
+from maskrcnn_tfx.trainer import experiment as experiment_lib
 from maskrcnn_tfx.trainer import model as model_lib
 
 
@@ -40,14 +40,14 @@ def test_flags_reach_the_trainer_custom_config_with_an_absolute_path(data_dir, t
     monkeypatch.chdir(tmp_path)
     config = _parse("--data", str(data_dir), "--preset", "finetune", "--init-checkpoint", "pretrained/ckpt-5",
                     "--init-checkpoint-modules", "backbone_fpn")
-    assert config.trainer.init_checkpoint == str(prefix)
-    custom = config.trainer_custom_config()
-    assert custom["preset"] == "finetune"
-    assert custom["train"]["init_checkpoint"] == str(prefix)
-    assert custom["train"]["init_checkpoint_modules"] == "backbone_fpn"
+    assert config.trainer.train.init_checkpoint == str(prefix)
+    custom = config_lib.trainer_custom_config(config)
+    assert custom["trainer"]["preset"] == "finetune"
+    assert custom["trainer"]["train"]["init_checkpoint"] == str(prefix)
+    assert custom["trainer"]["train"]["init_checkpoint_modules"] == "backbone_fpn"
     # What the Trainer's run_fn builds from it (trainer/task.py), and hands to Model Garden's task.
-    trainer = config_lib.load_config(overrides=custom)
-    experiment = config_lib.to_experiment_config(trainer, LabelMap.load(config.label_map_path))
+    trainer, _ = config_lib.from_trainer_custom_config(custom)
+    experiment = experiment_lib.to_experiment_config(trainer, LabelMap.load(config.label_map_path))
     assert (experiment.task.init_checkpoint, experiment.task.init_checkpoint_modules) == (str(prefix),
                                                                                            "backbone_fpn")
 
@@ -56,14 +56,11 @@ def test_a_folder_an_index_file_and_the_preset_default_mode(data_dir, tmp_path):
     folder = tmp_path / "model_run"
     prefix = _checkpoint(folder, step=12)
     config = _parse("--data", str(data_dir), "--preset", "finetune", "--init-checkpoint", str(folder))
-    custom = config.trainer_custom_config()
-    assert custom["train"] == {"init_checkpoint": str(folder)}  # The Trainer reads the folder's latest.
-    assert config_lib.load_config(overrides=custom).train.init_checkpoint_modules == "all_but_class_layers"
+    assert config.trainer.train.init_checkpoint == str(folder)  # The Trainer reads the folder's latest.
+    assert config.trainer.train.init_checkpoint_modules == "all_but_class_layers"
     config = _parse("--data", str(data_dir), "--init-checkpoint", f"{prefix}.index")
-    assert config.trainer.init_checkpoint == str(prefix)
-    # tiny's own default: only the backbone.
-    assert config_lib.load_config(overrides=config.trainer_custom_config()).train.init_checkpoint_modules == \
-        "backbone"
+    assert config.trainer.train.init_checkpoint == str(prefix)
+    assert config.trainer.train.init_checkpoint_modules == "backbone"  # tiny's own default: only the backbone.
 
 
 def test_a_saved_model_folder_is_accepted(data_dir, tmp_path):
@@ -71,7 +68,7 @@ def test_a_saved_model_folder_is_accepted(data_dir, tmp_path):
     saved.mkdir(parents=True)
     (saved / "saved_model.pb").write_bytes(b"")
     config = _parse("--data", str(data_dir), "--init-checkpoint", str(saved), "--init-checkpoint-modules", "all")
-    assert config.trainer_custom_config()["train"]["init_checkpoint_modules"] == "all"
+    assert config_lib.trainer_custom_config(config)["trainer"]["train"]["init_checkpoint_modules"] == "all"
 
 
 @pytest.mark.parametrize("make, message", [
@@ -84,37 +81,34 @@ def test_a_saved_model_folder_is_accepted(data_dir, tmp_path):
 ], ids=["missing-prefix", "empty-folder", "folder-latest-missing", "index-without-data"])
 def test_a_checkpoint_that_is_not_there_fails_validation_by_name(data_dir, tmp_path, make, message):
     path = make(tmp_path)
-    with pytest.raises(pipeline_config.PipelineConfigError, match=message):
+    with pytest.raises(config_lib.ConfigError, match=message):
         _parse("--data", str(data_dir), "--init-checkpoint", str(path))
 
 
-def test_a_checkpoint_named_in_the_overrides_is_checked_too(data_dir, tmp_path):
-    config = pipeline_config.PipelineConfig.from_dict({
-        "data": {"root": str(data_dir)},
-        "trainer": {"overrides": {"train": {"init_checkpoint": str(tmp_path / "missing" / "ckpt-3")}}}})
-    with pytest.raises(pipeline_config.PipelineConfigError, match=r"trainer.init_checkpoint: .*missing/ckpt-3"):
-        config.validate()
+def test_a_checkpoint_named_in_a_configuration_file_is_checked_too(data_dir, tmp_path):
+    with pytest.raises(config_lib.ConfigError, match=r"trainer.train.init_checkpoint: .*missing/ckpt-3"):
+        config_lib.from_dict({"data": {"root": str(data_dir)},
+                              "trainer": {"train": {"init_checkpoint": str(tmp_path / "missing" / "ckpt-3")}}})
 
 
 def test_an_unknown_mode_is_refused(data_dir, tmp_path):
     prefix = _checkpoint(tmp_path / "p")
     with pytest.raises(SystemExit):
         _parse("--data", str(data_dir), "--init-checkpoint", str(prefix), "--init-checkpoint-modules", "heads")
-    config = pipeline_config.PipelineConfig.from_dict({
-        "data": {"root": str(data_dir)},
-        "trainer": {"init_checkpoint": str(prefix), "init_checkpoint_modules": "decoder"}})
-    with pytest.raises(pipeline_config.PipelineConfigError, match=r"train.init_checkpoint_modules 'decoder'"):
-        config.validate()
+    with pytest.raises(config_lib.ConfigError, match=r"trainer.train.init_checkpoint_modules must be one of .* "
+                                                      r"not 'decoder'"):
+        config_lib.from_dict({"data": {"root": str(data_dir)},
+                              "trainer": {"train": {"init_checkpoint": str(prefix),
+                                                    "init_checkpoint_modules": "decoder"}}})
 
 
-def test_the_mode_lists_agree():
-    assert pipeline_config.INIT_CHECKPOINT_MODULES == config_lib.INIT_CHECKPOINT_MODULES == model_lib.INIT_MODES
+def test_every_mode_the_configuration_accepts_is_handled():
     assert set(model_lib.INIT_PARTS) | {model_lib.ALL_BUT_CLASS_LAYERS, "all"} == set(model_lib.INIT_MODES)
 
 
 def test_finetune_preset_is_the_tiny_model_with_fine_tuning_settings():
-    tiny, finetune = config_lib.load_config("tiny"), config_lib.load_config("finetune")
-    assert finetune.model.as_dict() == tiny.model.as_dict()  # A tiny run's checkpoint fits it.
+    tiny, finetune = config_lib.load_trainer_config("tiny"), config_lib.load_trainer_config("finetune")
+    assert finetune.model == tiny.model  # A tiny run's checkpoint fits it.
     assert finetune.train.init_checkpoint_modules == "all_but_class_layers"
     assert finetune.train.learning_rate.base < tiny.train.learning_rate.base
     assert finetune.train.learning_rate.warmup_steps < tiny.train.learning_rate.warmup_steps

@@ -801,7 +801,7 @@ def test_lower_bounds_are_strict_and_the_default_blesses_no_model_without_ap():
     import tensorflow_model_analysis as tfma
     from tfx.utils import proto_utils
 
-    from maskrcnn_tfx.pipelines.config import EvaluationConfig
+    from maskrcnn_tfx.config.schema import EvaluationConfig
 
     default = EvaluationConfig()
     assert default.box_metric == eval_config_lib.DEFAULT_BOX_METRIC == "pycocotools"
@@ -843,7 +843,8 @@ def test_a_slow_tfma_box_metric_configuration_is_warned_about_before_the_run(tmp
 
     from tensorflow_model_analysis.metrics import metric_specs
 
-    from maskrcnn_tfx.pipelines.config import PipelineConfig
+    from maskrcnn_tfx import config as config_lib
+    from maskrcnn_tfx.pipelines.pipeline import create_pipeline
 
     # The estimate's count is TFMA's: one box matching per (class, IoU threshold, area range), plus the mask AP.
     computations = metric_specs.to_computations(eval_config_lib.build_eval_config(LABEL_MAP, box_metric="tfma")
@@ -861,10 +862,11 @@ def test_a_slow_tfma_box_metric_configuration_is_warned_about_before_the_run(tmp
 
     def warnings_of(evaluation):
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="maskrcnn_tfx.pipelines.config"):
-            PipelineConfig.from_dict({"pipeline_root": str(tmp_path / "root"), "data": {"root": data},
-                                      "evaluation": evaluation}).validate()
-        return [r.getMessage() for r in caplog.records if r.name == "maskrcnn_tfx.pipelines.config"]
+        # Said when the pipeline is built, before any component runs.
+        with caplog.at_level(logging.WARNING, logger=eval_config_lib.__name__):
+            create_pipeline(config_lib.from_dict({"pipeline_root": str(tmp_path / "root"), "data": {"root": data},
+                                                  "evaluation": evaluation}))
+        return [r.getMessage() for r in caplog.records if r.name == eval_config_lib.__name__]
 
     [message] = warnings_of({"box_metric": "tfma", "box_num_thresholds": 100})
     assert "3,201 Beam computations" in message and "80 classes" in message
@@ -907,7 +909,7 @@ def test_stored_predictions_match_cocoeval_and_the_summary_says_why_a_model_is_n
     import tensorflow_model_analysis as tfma
 
     from maskrcnn_tfx.pipelines import outputs
-    from maskrcnn_tfx.pipelines.config import EvaluationConfig
+    from maskrcnn_tfx.config.schema import EvaluationConfig
 
     default = EvaluationConfig()
     bounds = {"min_mask_ap": default.min_mask_ap, "min_box_ap": default.min_box_ap}

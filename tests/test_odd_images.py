@@ -233,9 +233,10 @@ def test_validator_explains_a_size_swapped_by_exif_orientation(converted):
 
 @pytest.fixture(scope="module")
 def experiment():
-    from maskrcnn_tfx.trainer import config as config_lib
+    from maskrcnn_tfx import config as config_lib
+    from maskrcnn_tfx.trainer import experiment as experiment_lib  # pylint: disable=g-import-not-at-top
 
-    return config_lib.to_experiment_config(config_lib.load_config("tiny"), LABEL_MAP)
+    return experiment_lib.to_experiment_config(config_lib.load_trainer_config("tiny"), LABEL_MAP)
 
 
 def _serving_module(experiment, max_image_pixels=images_lib.DEFAULT_MAX_IMAGE_PIXELS):

@@ -39,7 +39,8 @@ def test_only_maskrcnn_tfx_lands_at_the_top_of_site_packages(wheel_names):
 def test_the_design_card_folders_are_subpackages_with_their_data(wheel_names):
     names, _ = wheel_names
     for module in ("pipelines/pipeline.py", "components/annotation_validator.py", "trainer/task.py",
-                   "serving/serve_cli.py", "trainer/presets/tiny.yaml", "trainer/presets/finetune.yaml",
+                   "serving/serve_cli.py", "config/presets/tiny.yaml", "config/presets/finetune.yaml",
+                   "config/presets/coco_r50fpn.yaml",
                    "report/templates/run.html.j2"):
         assert f"maskrcnn_tfx/{module}" in names, module
     assert not [n for n in names if "/tests/" in n or n.startswith(("tests/", "benchmarks/"))]

@@ -154,10 +154,10 @@ def _bad_record(data_dir: str) -> tuple:
 def _assert_stopped_before_training(config) -> None:
     from maskrcnn_tfx.pipelines import outputs  # pylint: disable=g-import-not-at-top
 
-    summary = outputs.latest_run(config.validate())
+    summary = outputs.latest_run(config)
     for component_id in ("Transform", "Trainer", "Evaluator", "Pusher"):
         assert component_id not in summary.executions, summary.executions.keys()
-    assert versions(config.validate().resolved_serving_dir) == []
+    assert versions(config.resolved_serving_dir) == []
 
 
 def test_bad_record_stops_at_validation_and_is_named(tmp_path, small_data):
@@ -165,15 +165,15 @@ def test_bad_record_stops_at_validation_and_is_named(tmp_path, small_data):
 
     from maskrcnn_tfx.components import annotation_validator as av  # pylint: disable=g-import-not-at-top
     from maskrcnn_tfx.pipelines import local_runner  # pylint: disable=g-import-not-at-top
-    from maskrcnn_tfx.pipelines.config import PipelineConfig  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx import config as config_lib  # pylint: disable=g-import-not-at-top
 
     data = str(tmp_path / "data")
     shutil.copytree(small_data, data)
     record, source_id, filename = _bad_record(data)
     with tf.io.TFRecordWriter(os.path.join(data, "train", "train.tfrecord-extra")) as writer:
         writer.write(record)
-    config = PipelineConfig.from_dict({"pipeline_root": str(tmp_path / "root"), "beam_args": BEAM_ARGS,
-                                       "data": {"root": data}, "trainer": {"train_steps": 1}})
+    config = config_lib.from_dict({"pipeline_root": str(tmp_path / "root"), "beam_args": BEAM_ARGS,
+                                       "data": {"root": data}, "trainer": {"train": {"train_steps": 1}}})
     with pytest.raises(av.AnnotationValidationError) as info:
         local_runner.run(config)
     message = str(info.value)
@@ -192,7 +192,7 @@ def test_schema_anomaly_stops_at_the_gate(tmp_path, small_data, capsys):
 
     from maskrcnn_tfx import cli  # pylint: disable=g-import-not-at-top
     from maskrcnn_tfx import example_format as ef  # pylint: disable=g-import-not-at-top
-    from maskrcnn_tfx.pipelines.config import PipelineConfig  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx import config as config_lib  # pylint: disable=g-import-not-at-top
     from maskrcnn_tfx.trainer.preprocessing import raw_schema  # pylint: disable=g-import-not-at-top
 
     # A curated schema that allows only JPEG images: the PNG shapes break it.
@@ -203,9 +203,9 @@ def test_schema_anomaly_stops_at_the_gate(tmp_path, small_data, capsys):
     schema_path = str(tmp_path / "schema.pbtxt")
     with open(schema_path, "w", encoding="utf-8") as f:
         f.write(text_format.MessageToString(schema))
-    config = PipelineConfig.from_dict({"pipeline_root": str(tmp_path / "root"), "beam_args": BEAM_ARGS,
+    config = config_lib.from_dict({"pipeline_root": str(tmp_path / "root"), "beam_args": BEAM_ARGS,
                                        "data": {"root": small_data, "schema_path": schema_path},
-                                       "trainer": {"train_steps": 1}})
+                                       "trainer": {"train": {"train_steps": 1}}})
     # Through the command, as a user runs it: the failing component and the log are named.
     config_file = str(tmp_path / "pipeline.yaml")
     with open(config_file, "w", encoding="utf-8") as f:

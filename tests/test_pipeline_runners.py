@@ -35,50 +35,84 @@ def _args(*argv: str):
 
 
 def test_yaml_and_flags_merge_and_resolve_defaults(tmp_path, shapes_data):
+    from maskrcnn_tfx import config as config_lib  # pylint: disable=g-import-not-at-top
     from maskrcnn_tfx.pipelines import run_cli  # pylint: disable=g-import-not-at-top
 
     config_file = tmp_path / "pipeline.yaml"
     config_file.write_text("pipeline_name: shapes\n"
-                           "trainer: {preset: tiny, train_steps: 50, overrides: {train: {batch_size: 2}}}\n"
+                           "trainer: {preset: tiny, train: {train_steps: 50, batch_size: 2}}\n"
                            "evaluation: {min_mask_ap: 0.2, box_num_thresholds: 200}\n")
     config = run_cli.config_from_args(_args("--config", str(config_file), "--data", shapes_data,
                                             "--pipeline-root", str(tmp_path / "root"), "--train-steps", "7",
                                             "--min-box-ap", "0.1"))
     assert config.pipeline_name == "shapes" and config.runner == "local"
-    assert config.trainer.train_steps == 7 and config.evaluation.min_mask_ap == 0.2
+    assert config.trainer.train.train_steps == 7 and config.evaluation.min_mask_ap == 0.2
     assert config.evaluation.min_box_ap == 0.1 and config.evaluation.box_num_thresholds == 200
     assert config.resolved_metadata_path == str(tmp_path / "root" / "metadata.sqlite")
     assert config.resolved_serving_dir == str(tmp_path / "root" / "serving")
     assert config.label_map_path == os.path.join(shapes_data, "label_map.json")
     assert config.resolved_beam_args == ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
-    custom = config.trainer_custom_config()
-    assert custom == {"preset": "tiny", "label_map_path": config.label_map_path, "train": {"batch_size": 2}}
+    # The trainer section is resolved from its preset: the file's and the flags' fields over the preset's.
+    tiny = config_lib.load_trainer_config("tiny")
+    assert config.trainer.train.batch_size == 2 and config.trainer.model == tiny.model
+    custom = config_lib.trainer_custom_config(config)
+    assert custom == {"trainer": config_lib.to_dict(config.trainer), "label_map_path": config.label_map_path}
+    # A preset given by flag applies under the file's trainer fields.
+    finetune = run_cli.config_from_args(_args("--config", str(config_file), "--data", shapes_data,
+                                              "--preset", "finetune"))
+    assert finetune.trainer.preset == "finetune" and finetune.trainer.train.batch_size == 2
+    assert finetune.trainer.train.learning_rate == config_lib.load_trainer_config("finetune").train.learning_rate
 
 
 def test_invalid_configuration_lists_every_problem(tmp_path, shapes_data):
-    from maskrcnn_tfx.pipelines.config import PipelineConfig, PipelineConfigError  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx import config as config_lib  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.config import ConfigError  # pylint: disable=g-import-not-at-top
 
-    with pytest.raises(PipelineConfigError, match="unknown field 'trainer.stepz'"):
-        PipelineConfig.from_dict({"trainer": {"stepz": 3}})
-    with pytest.raises(PipelineConfigError, match="evaluation.min_mask_ap must be float"):
-        PipelineConfig.from_dict({"evaluation": {"min_mask_ap": "high"}})
-    config = PipelineConfig.from_dict({
-        "runner": "spark", "data": {"root": shapes_data, "train_pattern": "span-{SPAN}/train/*"},
-        "evaluation": {"min_box_ap": 1.5, "box_metric": "coco"}, "infra_validation": {"mode": "docker-compose"}})
-    with pytest.raises(PipelineConfigError) as info:
-        config.validate()
+    with pytest.raises(ConfigError, match="unknown field 'trainer.stepz'"):
+        config_lib.from_dict({"trainer": {"stepz": 3}})
+    with pytest.raises(ConfigError, match="evaluation.min_mask_ap must be a number or null"):
+        config_lib.from_dict({"evaluation": {"min_mask_ap": "high"}})
+    with pytest.raises(ConfigError) as info:
+        config_lib.from_dict({
+            "runner": "spark", "data": {"root": shapes_data, "train_pattern": "span-{SPAN}/train/*"},
+            "evaluation": {"min_box_ap": 1.5, "box_metric": "coco"}, "infra_validation": {"mode": "docker-compose"},
+            "trainer": {"model": {"input_size": 100}}})
     message = str(info.value)
     for expected in ("runner must be one of", "{SPAN}", "evaluation.min_box_ap must be in [-1, 1]",
-                     "evaluation.box_metric must be one of pycocotools, tfma, not 'coco'", "infra_validation.mode"):
+                     "evaluation.box_metric must be one of pycocotools, tfma, not 'coco'", "infra_validation.mode",
+                     # The trainer section is checked with the rest, before any component runs.
+                     "trainer.model.input_size (100) must be a positive multiple of 2**max_level = 32"):
         assert expected in message, message
-    with pytest.raises(PipelineConfigError, match="data.root is required"):
-        PipelineConfig().validate()
-    with pytest.raises(PipelineConfigError, match="no label map"):
-        PipelineConfig.from_dict({"data": {"root": str(tmp_path)}}).validate()
-    # The trainer configuration is checked too, before any component runs.
-    with pytest.raises(PipelineConfigError, match="trainer:"):
-        PipelineConfig.from_dict({"data": {"root": shapes_data},
-                                  "trainer": {"overrides": {"train": {"batch_sise": 2}}}}).validate()
+    with pytest.raises(ConfigError, match="data.root is required"):
+        config_lib.from_dict({})
+    with pytest.raises(ConfigError, match="no label map"):
+        config_lib.from_dict({"data": {"root": str(tmp_path)}})
+    with pytest.raises(ConfigError, match="unknown field 'trainer.train.batch_sise'"):
+        config_lib.from_dict({"data": {"root": shapes_data}, "trainer": {"train": {"batch_sise": 2}}})
+    with pytest.raises(ConfigError, match="unknown preset 'tinny'"):
+        config_lib.from_dict({"data": {"root": shapes_data}, "trainer": {"preset": "tinny"}})
+
+
+def test_configuration_of_an_older_release_says_how_to_write_it_now(shapes_data):
+    """trainer.overrides and the trainer's own step and checkpoint fields are refused with the section rewritten."""
+    import yaml  # pylint: disable=g-import-not-at-top
+
+    from maskrcnn_tfx import config as config_lib  # pylint: disable=g-import-not-at-top
+
+    older = {"preset": "finetune", "train_steps": 200, "eval_steps": -1, "init_checkpoint": "/ckpt/ckpt-5",
+             "overrides": {"train": {"batch_size": 4}, "model": {"input_size": 256}}}
+    with pytest.raises(config_lib.ConfigError) as info:
+        config_lib.from_dict({"data": {"root": shapes_data}, "trainer": older})
+    message = str(info.value)
+    assert "trainer.overrides, trainer.train_steps, trainer.eval_steps, trainer.init_checkpoint" in message
+    rewritten = yaml.safe_load(message.split("Write it as:\n", 1)[1])
+    assert rewritten == {"trainer": {"preset": "finetune", "train": {"batch_size": 4, "train_steps": 200,
+                                                                     "eval_steps": -1,
+                                                                     "init_checkpoint": "/ckpt/ckpt-5"},
+                                     "model": {"input_size": 256}}}
+    # What the message says to write is accepted, and means what the older section meant.
+    now = config_lib.from_dict({"data": {"root": shapes_data}, "trainer": rewritten["trainer"]}, check_files=False)
+    assert (now.trainer.train.train_steps, now.trainer.train.eval_steps, now.trainer.model.input_size) == (200, -1, 256)
 
 
 def test_cli_reports_configuration_errors(tmp_path, capsys):
@@ -89,15 +123,15 @@ def test_cli_reports_configuration_errors(tmp_path, capsys):
 
 
 def test_factory_wires_every_component(tmp_path, shapes_data):
-    from maskrcnn_tfx.pipelines.config import PipelineConfig  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx import config as config_lib  # pylint: disable=g-import-not-at-top
     from maskrcnn_tfx.pipelines.pipeline import create_pipeline  # pylint: disable=g-import-not-at-top
 
     base = {"pipeline_root": str(tmp_path), "data": {"root": shapes_data}}
-    ids = {c.id for c in create_pipeline(PipelineConfig.from_dict(base)).components}
+    ids = {c.id for c in create_pipeline(config_lib.from_dict(base)).components}
     assert ids == {"ImportExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "AnomaliesGate",
                    "AnnotationValidator", "Transform", "Trainer", "latest_blessed_model_resolver", "Evaluator",
                    "Pusher"}
-    with_infra = create_pipeline(PipelineConfig.from_dict(dict(base, infra_validation={"mode": "docker"})))
+    with_infra = create_pipeline(config_lib.from_dict(dict(base, infra_validation={"mode": "docker"})))
     components = {c.id: c for c in with_infra.components}
     assert "InfraValidator" in components
     assert "infra_blessing" in components["Pusher"].inputs
@@ -105,7 +139,7 @@ def test_factory_wires_every_component(tmp_path, shapes_data):
     assert {"AnomaliesGate", "AnnotationValidator"} <= transform_upstream
 
     # One pattern split into train and eval by hash buckets instead of two patterns.
-    hashed = create_pipeline(PipelineConfig.from_dict(dict(base, data={"root": shapes_data, "pattern": "*/*",
+    hashed = create_pipeline(config_lib.from_dict(dict(base, data={"root": shapes_data, "pattern": "*/*",
                                                                        "hash_buckets": [3, 1]})))
     example_gen = next(c for c in hashed.components if c.id == "ImportExampleGen")
     input_config = json.loads(example_gen.exec_properties["input_config"])
@@ -114,28 +148,44 @@ def test_factory_wires_every_component(tmp_path, shapes_data):
     assert {s["name"]: s["hash_buckets"] for s in output_config["split_config"]["splits"]} == {"train": 3, "eval": 1}
 
 
-def test_trainer_evaluates_only_when_asked(tmp_path, shapes_data):
-    """The Evaluator computes COCO AP on the eval split: by default the Trainer does not repeat it."""
-    from maskrcnn_tfx.pipelines.config import PipelineConfig  # pylint: disable=g-import-not-at-top
+def test_trainer_custom_config_is_the_steps_one_home(tmp_path, shapes_data):
+    """The Trainer gets the resolved trainer section, steps included; by default it does not evaluate (the
+    Evaluator computes COCO AP on the eval split)."""
+    from maskrcnn_tfx import config as config_lib  # pylint: disable=g-import-not-at-top
     from maskrcnn_tfx.pipelines.pipeline import create_pipeline  # pylint: disable=g-import-not-at-top
-    from maskrcnn_tfx.trainer import task  # pylint: disable=g-import-not-at-top
 
     def trainer_of(**fields):
-        config = PipelineConfig.from_dict(dict({"pipeline_root": str(tmp_path), "data": {"root": shapes_data}},
-                                               **fields))
+        config = config_lib.from_dict(dict({"pipeline_root": str(tmp_path), "data": {"root": shapes_data}},
+                                           **fields))
         trainer = next(c for c in create_pipeline(config).components if c.id == "Trainer")
-        # The step counts have one home, the custom_config: no TrainArgs/EvalArgs to outrank it.
+        # The step counts have one home, the custom_config: no TrainArgs/EvalArgs beside it.
         for args in ("train_args", "eval_args"):
             assert not json.loads(trainer.exec_properties[args] or "{}").get("num_steps"), args
-        train = task.config_from_custom_config(json.loads(trainer.exec_properties["custom_config"])).train
-        return train.eval_steps, train.train_steps
+        custom = json.loads(trainer.exec_properties["custom_config"])
+        train, label_map_path = config_lib.from_trainer_custom_config(custom)
+        assert label_map_path == config.label_map_path and train == config.trainer
+        return train.train.eval_steps, train.train.train_steps
 
-    preset_steps = task.config_from_custom_config({"preset": "tiny"}).train.train_steps
-    assert trainer_of() == (0, preset_steps)
-    assert trainer_of(trainer={"eval_steps": -1, "train_steps": 7}) == (-1, 7)
-    assert trainer_of(trainer={"overrides": {"train": {"eval_steps": 5, "train_steps": 9}}}) == (5, 9)
-    # The flag (trainer.train_steps) is the more specific setting and wins over the overrides.
-    assert trainer_of(trainer={"train_steps": 3, "overrides": {"train": {"train_steps": 9}}}) == (0, 3)
+    preset = config_lib.load_trainer_config("tiny").train
+    assert (preset.eval_steps, preset.train_steps) == (0, 800)
+    assert trainer_of() == (0, 800)
+    assert trainer_of(trainer={"train": {"eval_steps": -1, "train_steps": 7}}) == (-1, 7)
+
+
+def test_trainer_refuses_step_args_that_contradict_its_configuration(shapes_data):
+    """TrainArgs/EvalArgs of a hand-written pipeline may repeat the trainer section's steps, never override them."""
+    import types  # pylint: disable=g-import-not-at-top
+
+    from maskrcnn_tfx import config as config_lib  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.trainer import task  # pylint: disable=g-import-not-at-top
+
+    trainer = config_lib.load_trainer_config("tiny", {"train": {"train_steps": 30}})
+    task._check_step_args(types.SimpleNamespace(train_steps=30, eval_steps=0), trainer)  # pylint: disable=protected-access
+    with pytest.raises(config_lib.ConfigError, match=r"TrainArgs.num_steps is 50 .* train.train_steps is 30"):
+        task._check_step_args(types.SimpleNamespace(train_steps=50, eval_steps=None), trainer)  # pylint: disable=protected-access
+    # A custom_config written by an older release (the trainer fields at the top level) is refused by name.
+    with pytest.raises(config_lib.ConfigError, match="compiled by an older release"):
+        config_lib.from_trainer_custom_config({"preset": "tiny", "label_map_path": "x", "train": {}})
 
 
 def test_default_thresholds_let_a_first_run_be_blessed(tmp_path, shapes_data):
@@ -143,11 +193,11 @@ def test_default_thresholds_let_a_first_run_be_blessed(tmp_path, shapes_data):
     import tensorflow_model_analysis as tfma  # pylint: disable=g-import-not-at-top
     from tfx.utils import proto_utils  # pylint: disable=g-import-not-at-top
 
-    from maskrcnn_tfx.pipelines.config import PipelineConfig  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx import config as config_lib  # pylint: disable=g-import-not-at-top
     from maskrcnn_tfx.pipelines.pipeline import create_pipeline  # pylint: disable=g-import-not-at-top
 
     def first_run_thresholds(evaluation):
-        config = PipelineConfig.from_dict({"pipeline_root": str(tmp_path), "data": {"root": shapes_data},
+        config = config_lib.from_dict({"pipeline_root": str(tmp_path), "data": {"root": shapes_data},
                                            "evaluation": evaluation})
         evaluator = next(c for c in create_pipeline(config).components if c.id == "Evaluator")
         eval_config = proto_utils.json_to_proto(evaluator.exec_properties["eval_config"], tfma.EvalConfig())

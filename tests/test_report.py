@@ -213,7 +213,7 @@ def test_run_page_shows_metrics_blessing_curves_slices_training_data_and_gallery
 
     # Training curves from the TensorBoard logs: the total loss at the last step.
     last = {(r["folder"], r["tag"]): r for r in facts["training"]["last"]}
-    assert last[("train", "total_loss")]["step"] == local_pipeline.config.trainer.train_steps
+    assert last[("train", "total_loss")]["step"] == local_pipeline.config.trainer.train.train_steps
 
     # The data: both splits' statistics, clean schema and annotations.
     statistics = {s["split"]: s for s in facts["data"]["statistics"]}
@@ -411,7 +411,7 @@ def failed_validation_run(tmp_path_factory):
     from maskrcnn_tfx.data.convert import convert_coco
     from maskrcnn_tfx.data.shapes import generate_shapes
     from maskrcnn_tfx.pipelines import local_runner
-    from maskrcnn_tfx.pipelines.config import PipelineConfig
+    from maskrcnn_tfx import config as config_lib
 
     root = str(tmp_path_factory.mktemp("failed_validation"))
     annotations = generate_shapes(os.path.join(root, "raw"), num_images=10, image_size=64, seed=5)
@@ -424,13 +424,13 @@ def failed_validation_run(tmp_path_factory):
     bad = dataclasses.replace(example, boxes=boxes, source_id=9999, filename="broken.png")
     with tf.io.TFRecordWriter(os.path.join(data, "train", "train.tfrecord-extra")) as writer:
         writer.write(ef.to_tf_example(bad).SerializeToString())
-    config = PipelineConfig.from_dict({
+    config = config_lib.from_dict({
         "pipeline_name": "report-failed-validation", "pipeline_root": os.path.join(root, "pipeline"),
         "beam_args": ["--direct_running_mode=in_memory", "--direct_num_workers=1"], "data": {"root": data},
-        "trainer": {"train_steps": 1}})
+        "trainer": {"train": {"train_steps": 1}}})
     with pytest.raises(av.AnnotationValidationError):
         local_runner.run(config)
-    return config.validate()
+    return config
 
 
 @pytest.mark.slow

@@ -328,14 +328,19 @@ def test_vertex_unreachable_is_reported(tmp_path, data, compiled, vertex_state):
 def test_local_paths_are_refused_with_what_to_use(tmp_path, data, capsys):
     from maskrcnn_tfx import cli  # pylint: disable=g-import-not-at-top
 
+    # A preset file is read here, into the trainer section the Trainer receives: the pods never need it. The
+    # checkpoint to fine-tune from is read by the Trainer's pod.
     preset = tmp_path / "preset.yaml"
     preset.write_text("train: {batch_size: 2}\n")
     code = cli.main(["run", "--runner", "kubeflow", "--data", data, "--pipeline-root", str(tmp_path / "root"),
-                     "--serving-dir", str(tmp_path / "serving"), "--preset", str(preset)])
+                     "--serving-dir", str(tmp_path / "serving"), "--preset", str(preset),
+                     "--init-checkpoint", str(tmp_path / "pretrained" / "ckpt-5")])
     err = capsys.readouterr().err
     assert code == 2
-    for field in ("pipeline_root", "data.root", "serving_dir", "data.label_map_path", "trainer.preset"):
+    for field in ("pipeline_root", "data.root", "serving_dir", "data.label_map_path",
+                  "trainer.train.init_checkpoint"):
         assert f"{field}" in err, (field, err)
+    assert "trainer.preset" not in err
     assert "pods cannot read" in err and "gs:// or s3://" in err and "--mounted-path" in err
 
     # Vertex AI reads Cloud Storage only: a mounted path does not help there.
@@ -351,15 +356,15 @@ def test_local_paths_are_refused_with_what_to_use(tmp_path, data, capsys):
 
 def test_schedule_options_are_checked(tmp_path, data):
     from maskrcnn_tfx.pipelines import submit  # pylint: disable=g-import-not-at-top
-    from maskrcnn_tfx.pipelines.config import PipelineConfig, PipelineConfigError  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx import config as config_lib  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx.config import submission  # pylint: disable=g-import-not-at-top
 
     def problems(**kubeflow):
-        config = PipelineConfig.from_dict({"runner": "kubeflow", "pipeline_root": "gs://b/root",
-                                           "serving_dir": "gs://b/serving",
-                                           "data": {"root": "gs://b/data"}, "kubeflow": kubeflow})
         try:
-            config.validate(check_files=False)
-        except PipelineConfigError as e:
+            config_lib.from_dict({"runner": "kubeflow", "pipeline_root": "gs://b/root",
+                                  "serving_dir": "gs://b/serving",
+                                  "data": {"root": "gs://b/data"}, "kubeflow": kubeflow})
+        except config_lib.ConfigError as e:
             return str(e)
         return ""
 
@@ -378,7 +383,7 @@ def test_schedule_options_are_checked(tmp_path, data):
     assert "http:// or https://" in problems(kfp={"host": "kubeflow.example.com"})
     assert "is not a file" in problems(kfp=dict(kfp, token_file=str(tmp_path / "missing")))
     assert submit.kfp_cron("TZ=Europe/Paris 30 2 * * *") == "TZ=Europe/Paris 0 30 2 * * *"
-    assert submit.interval_seconds("6h") == 21600 and submit.interval_seconds("0d") is None
+    assert submission.interval_seconds("6h") == 21600 and submission.interval_seconds("0d") is None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -400,18 +405,18 @@ def vertex_state(monkeypatch):
 
 
 def _vertex_config(server, tmp_path, data, **schedule):
-    from maskrcnn_tfx.pipelines.config import PipelineConfig  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx import config as config_lib  # pylint: disable=g-import-not-at-top
 
     token_file = tmp_path / "vertex-token"
     token_file.write_text(VERTEX_TOKEN)
-    return PipelineConfig.from_dict({
+    return config_lib.from_dict({
         "runner": "kubeflow", "pipeline_name": "maskrcnn-weekly", "pipeline_root": "gs://ml-bucket/root",
         "serving_dir": "gs://ml-bucket/serving", "data": {"root": "gs://ml-bucket/data"},
         "kubeflow": {"run_name": "maskrcnn-weekly-20260105", "schedule": schedule,
                      "vertex": {"project": "my-project", "region": "europe-west4",
                                 "service_account": "pipelines@my-project.iam.gserviceaccount.com",
                                 "token_file": str(token_file), "api_endpoint": server.url,
-                                "labels": {"team": "vision"}}}}).validate(check_files=False)
+                                "labels": {"team": "vision"}}}})
 
 
 @pytest.fixture(scope="module")

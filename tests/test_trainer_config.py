@@ -1,14 +1,15 @@
-"""The Trainer configuration: presets, overrides, validation, the mapping onto Model Garden, strategies."""
+"""The trainer section: presets, changes over them, validation, the mapping onto Model Garden, strategies."""
 import json
 import math
 
 import pytest
+import yaml
 
 import maskrcnn_tfx  # noqa: F401  (selects tf_keras before TensorFlow loads)
+from maskrcnn_tfx import config as config_lib
 from maskrcnn_tfx.label_map import LabelMap
-from maskrcnn_tfx.trainer import config as config_lib
+from maskrcnn_tfx.trainer import experiment as experiment_lib
 from maskrcnn_tfx.trainer import strategy as strategy_lib
-from maskrcnn_tfx.trainer import task as task_lib
 
 SHAPES = LabelMap.from_pairs([(1, "square"), (2, "circle"), (3, "triangle")])
 # COCO-like: ids with gaps, largest 90.
@@ -35,11 +36,11 @@ def _problems(excinfo) -> str:
 def test_presets_are_listed_and_valid():
     assert {"tiny", "coco_r50fpn"} <= set(config_lib.preset_names())
     for name in config_lib.preset_names():
-        config_lib.load_config(name)  # Validates.
+        config_lib.load_trainer_config(name)  # Validates.
 
 
 def test_tiny_preset_is_the_slim_cpu_model():
-    config = config_lib.load_config("tiny")
+    config = config_lib.load_trainer_config("tiny")
     m = config.model
     assert m.backbone in ("resnet18", "resnet34") or m.backbone.startswith("mobilenet")
     assert m.input_size in (128, 256)
@@ -56,7 +57,7 @@ def test_tiny_preset_is_the_slim_cpu_model():
 def test_coco_preset_reproduces_model_gardens_published_recipe():
     from official.core import exp_factory  # pylint: disable=g-import-not-at-top
 
-    ours = config_lib.to_experiment_config(config_lib.load_config("coco_r50fpn"), COCO_LIKE)
+    ours = experiment_lib.to_experiment_config(config_lib.load_trainer_config("coco_r50fpn"), COCO_LIKE)
     published = exp_factory.get_exp_config("maskrcnn_resnetfpn_coco")
     ours_flat, published_flat = _flatten(ours.as_dict()), _flatten(published.as_dict())
     # Data locations are the run's own; the COCO JSON is rebuilt from the eval split by Model Garden.
@@ -71,88 +72,92 @@ def test_coco_preset_reproduces_model_gardens_published_recipe():
 # ---------------------------------------------------------------------------------------- overrides and YAML
 
 def test_dict_overrides_apply_in_order_over_the_preset():
-    config = config_lib.load_config("tiny", [{"model": {"input_size": 256}, "train": {"batch_size": 8}},
+    config = config_lib.load_trainer_config("tiny", [{"model": {"input_size": 256}, "train": {"batch_size": 8}},
                                              {"train": {"batch_size": 16}}])
     assert config.model.input_size == 256
     assert config.train.batch_size == 16
-    assert config.model.backbone == config_lib.load_config("tiny").model.backbone  # Untouched fields stay.
+    assert config.model.backbone == config_lib.load_trainer_config("tiny").model.backbone  # Untouched fields stay.
 
 
 def test_preset_can_be_named_inside_the_override_dict():
-    config = config_lib.load_config(overrides={"preset": "tiny", "train": {"train_steps": 7}})
+    config = config_lib.load_trainer_config(changes={"preset": "tiny", "train": {"train_steps": 7}})
     assert config.train.train_steps == 7 and config.model.fpn_filters == 64
     with pytest.raises(config_lib.ConfigError, match="unknown preset 'nope'"):
-        config_lib.load_config(overrides={"preset": "nope"})
+        config_lib.load_trainer_config(changes={"preset": "nope"})
 
 
 def test_yaml_file_as_preset_and_numbers_yaml_reads_as_strings(tmp_path):
     path = tmp_path / "mine.yaml"
     # PyYAML reads 1e-4 (no dot) as a string; the configuration still takes it as a number.
     path.write_text("model:\n  backbone: resnet34\ntrain:\n  learning_rate:\n    base: 1e-4\n")
-    config = config_lib.load_config(str(path), {"train": {"batch_size": 2}})
+    config = config_lib.load_trainer_config(str(path), {"train": {"batch_size": 2}})
     assert config.model.backbone == "resnet34"
     assert config.train.learning_rate.base == pytest.approx(1e-4)
     assert config.train.batch_size == 2
 
 
 def test_config_round_trips_through_yaml(tmp_path):
-    config = config_lib.load_config("tiny", {"runtime": {"strategy": "mirrored", "devices": ["/cpu:0"]}})
+    config = config_lib.load_trainer_config("tiny", {"runtime": {"strategy": "mirrored", "devices": ["/cpu:0"]}})
     path = tmp_path / "saved.yaml"
-    path.write_text(config_lib.config_to_yaml(config))
-    assert config_lib.load_config(str(path)).as_dict() == config.as_dict()
+    path.write_text(config_lib.to_yaml(config))
+    # The whole section, preset name included, reads back as it was.
+    assert config_lib.trainer_from_dict(yaml.safe_load(path.read_text())) == config
+    # A preset file is data without a preset of its own: presets do not chain.
+    with pytest.raises(config_lib.ConfigError, match="presets do not chain"):
+        config_lib.load_trainer_config(str(path))
 
 
 def test_unknown_field_is_named_with_its_path():
     with pytest.raises(config_lib.ConfigError, match=r"unknown field 'train.optimizer.lr'"):
-        config_lib.load_config("tiny", {"train": {"optimizer": {"lr": 0.1}}})
+        config_lib.load_trainer_config("tiny", {"train": {"optimizer": {"lr": 0.1}}})
 
 
 def test_wrong_type_is_named():
     with pytest.raises(config_lib.ConfigError, match=r"model.input_size must be an integer, got 'big'"):
-        config_lib.load_config("tiny", {"model": {"input_size": "big"}})
+        config_lib.load_trainer_config("tiny", {"model": {"input_size": "big"}})
     with pytest.raises(config_lib.ConfigError, match=r"train.freeze_backbone must be true or false"):
-        config_lib.load_config("tiny", {"train": {"freeze_backbone": "yes"}})
+        config_lib.load_trainer_config("tiny", {"train": {"freeze_backbone": "yes"}})
 
 
 # ------------------------------------------------------------------------------------------------ validation
 
 def test_input_size_must_be_divisible_by_the_coarsest_level():
     with pytest.raises(config_lib.ConfigError) as excinfo:
-        config_lib.load_config("tiny", {"model": {"input_size": 100, "max_level": 5}})
+        config_lib.load_trainer_config("tiny", {"model": {"input_size": 100, "max_level": 5}})
     assert "model.input_size (100) must be a positive multiple of 2**max_level = 32" in _problems(excinfo)
-    config_lib.load_config("tiny", {"model": {"input_size": 96, "max_level": 5}})  # 96 = 3 * 32 is fine.
+    config_lib.load_trainer_config("tiny", {"model": {"input_size": 96, "max_level": 5}})  # 96 = 3 * 32 is fine.
 
 
 def test_unknown_backbone_lists_the_choices():
-    with pytest.raises(config_lib.ConfigError, match=r"model.backbone 'resnet9000' is not one of resnet18"):
-        config_lib.load_config("tiny", {"model": {"backbone": "resnet9000"}})
+    with pytest.raises(config_lib.ConfigError, match=r"model.backbone must be one of resnet18, .*, not 'resnet9000'"):
+        config_lib.load_trainer_config("tiny", {"model": {"backbone": "resnet9000"}})
 
 
 def test_bad_strategy_and_tpu_without_address():
-    with pytest.raises(config_lib.ConfigError, match=r"runtime.strategy 'parameter_server' is not one of"):
-        config_lib.load_config("tiny", {"runtime": {"strategy": "parameter_server"}})
+    with pytest.raises(config_lib.ConfigError, match=r"runtime.strategy must be one of .*, not 'parameter_server'"):
+        config_lib.load_trainer_config("tiny", {"runtime": {"strategy": "parameter_server"}})
     with pytest.raises(config_lib.ConfigError, match=r"runtime.tpu .* is required"):
-        config_lib.load_config("tiny", {"runtime": {"strategy": "tpu"}})
+        config_lib.load_trainer_config("tiny", {"runtime": {"strategy": "tpu"}})
     with pytest.raises(config_lib.ConfigError, match=r"runtime.devices is only used by runtime.strategy mirrored"):
-        config_lib.load_config("tiny", {"runtime": {"strategy": "one_device", "devices": ["/gpu:0"]}})
+        config_lib.load_trainer_config("tiny", {"runtime": {"strategy": "one_device", "devices": ["/gpu:0"]}})
 
 
 def test_every_problem_is_reported_at_once():
     with pytest.raises(config_lib.ConfigError) as excinfo:
-        config_lib.load_config("tiny", {
+        config_lib.load_trainer_config("tiny", {
             "model": {"backbone": "vgg16"},
             "train": {"optimizer": {"type": "lion"}, "mixed_precision": "float8", "checkpoint_interval": 30,
                       "summary_interval": 20, "init_checkpoint_modules": "decoder",
                       "learning_rate": {"schedule": "stepwise", "boundaries": [200, 100]}}})
     message = _problems(excinfo)
-    for expected in ("model.backbone 'vgg16'", "train.optimizer.type 'lion'", "train.mixed_precision 'float8'",
+    for expected in ("not 'vgg16'", "not 'lion'", "not 'float8'",
                      "train.checkpoint_interval (30) must be a multiple of train.summary_interval (20)",
-                     "train.init_checkpoint_modules 'decoder'", "boundaries must be increasing"):
+                     "train.init_checkpoint_modules must be one of", "boundaries must be increasing"):
         assert expected in message
 
 
 def test_batch_size_must_split_over_replicas():
-    config = config_lib.load_config("tiny", {"train": {"batch_size": 6, "eval_batch_size": 4}})
+    config = config_lib.load_trainer_config("tiny", {"train": {"batch_size": 6, "eval_batch_size": 4}})
     config_lib.check_replicas(config, 2)
     with pytest.raises(config_lib.ConfigError, match=r"train.batch_size \(6\) must be divisible .* \(4\)"):
         config_lib.check_replicas(config, 4)
@@ -161,10 +166,10 @@ def test_batch_size_must_split_over_replicas():
 # ------------------------------------------------------------------------------------ Model Garden mapping
 
 def test_mapping_onto_model_garden():
-    config = config_lib.load_config("tiny", {"model": {"backbone": "mobilenet_v3_small", "min_level": 3},
+    config = config_lib.load_trainer_config("tiny", {"model": {"backbone": "mobilenet_v3_small", "min_level": 3},
                                              "train": {"freeze_backbone": True, "mixed_precision": "mixed_float16",
                                                        "init_checkpoint": "/ckpt", "init_checkpoint_modules": "all"}})
-    exp = config_lib.to_experiment_config(config, SHAPES, train_input=["a/*", "b/*"], eval_input="c/*",
+    exp = experiment_lib.to_experiment_config(config, SHAPES, train_input=["a/*", "b/*"], eval_input="c/*",
                                           file_type="tfrecord_compressed")
     model = exp.task.model
     assert model.num_classes == SHAPES.num_classes == 4  # Largest id + background.
@@ -188,14 +193,14 @@ def test_mapping_onto_model_garden():
 
 def test_resnet_depths_map_to_model_ids():
     for name, depth in (("resnet18", 18), ("resnet34", 34), ("resnet50", 50), ("resnet101", 101)):
-        exp = config_lib.to_experiment_config(config_lib.load_config("tiny", {"model": {"backbone": name}}), SHAPES)
+        exp = experiment_lib.to_experiment_config(config_lib.load_trainer_config("tiny", {"model": {"backbone": name}}), SHAPES)
         assert exp.task.model.backbone.type == "resnet" and exp.task.model.backbone.resnet.model_id == depth
 
 
 def _learning_rate_fn(overrides):
     from official.modeling import optimization  # pylint: disable=g-import-not-at-top
 
-    exp = config_lib.to_experiment_config(config_lib.load_config("tiny", overrides), SHAPES)
+    exp = experiment_lib.to_experiment_config(config_lib.load_trainer_config("tiny", overrides), SHAPES)
     schedule = optimization.OptimizerFactory(exp.trainer.optimizer_config).build_learning_rate()
     return lambda step: float(schedule(step)) if callable(schedule) else float(schedule)
 
@@ -226,8 +231,8 @@ def test_learning_rate_schedules_with_warmup():
 def test_optimizers_are_built_by_model_garden(optimizer, expected_class):
     from official.modeling import optimization  # pylint: disable=g-import-not-at-top
 
-    config = config_lib.load_config("tiny", {"train": {"optimizer": {"type": optimizer, "weight_decay": 0.01}}})
-    exp = config_lib.to_experiment_config(config, SHAPES)
+    config = config_lib.load_trainer_config("tiny", {"train": {"optimizer": {"type": optimizer, "weight_decay": 0.01}}})
+    exp = experiment_lib.to_experiment_config(config, SHAPES)
     factory = optimization.OptimizerFactory(exp.trainer.optimizer_config)
     built = factory.build_optimizer(factory.build_learning_rate())
     assert type(built).__name__ == expected_class
@@ -240,43 +245,47 @@ def test_optimizers_are_built_by_model_garden(optimizer, expected_class):
 
 
 def test_num_classes_follows_the_label_map():
-    exp = config_lib.to_experiment_config(config_lib.load_config("tiny"), LabelMap.from_pairs([(1, "a"), (7, "b")]))
+    exp = experiment_lib.to_experiment_config(config_lib.load_trainer_config("tiny"), LabelMap.from_pairs([(1, "a"), (7, "b")]))
     assert exp.task.model.num_classes == 8  # Ids are the data set's own: 7 needs 8 outputs.
     with pytest.raises(config_lib.ConfigError, match="no class"):
-        config_lib.to_experiment_config(config_lib.load_config("tiny"), LabelMap.from_pairs([]))
+        experiment_lib.to_experiment_config(config_lib.load_trainer_config("tiny"), LabelMap.from_pairs([]))
 
 
 # -------------------------------------------------------------------------------------- TFX custom_config
 
+def _custom_config(**trainer):
+    return {"trainer": dict(trainer, preset="tiny"), "label_map_path": "/data/label_map.json"}
+
+
 def test_custom_config_ignores_the_cloud_extensions_keys():
-    config = task_lib.config_from_custom_config({"preset": "tiny", "ai_platform_training_args": {"project": "p"},
-                                                 "ai_platform_enable_vertex": True,
-                                                 "train": {"train_steps": 3}})
-    assert config.train.train_steps == 3
-    with pytest.raises(config_lib.ConfigError, match="unknown field 'trian'"):
-        task_lib.config_from_custom_config({"preset": "tiny", "trian": {}})
+    config, label_map_path = config_lib.from_trainer_custom_config(
+        dict(_custom_config(train={"train_steps": 3}), ai_platform_training_args={"project": "p"},
+             ai_platform_enable_vertex=True))
+    assert config.train.train_steps == 3 and label_map_path == "/data/label_map.json"
+    with pytest.raises(config_lib.ConfigError, match="unknown field 'trainer.trian'"):
+        config_lib.from_trainer_custom_config(_custom_config(trian={}))
 
 
 def test_export_precision_is_configured_from_yaml_and_custom_config(tmp_path):
     for name in config_lib.preset_names():
-        export = config_lib.load_config(name).export
+        export = config_lib.load_trainer_config(name).export
         assert (export.precision, export.jit_compile) == ("float32", False)
-    from_custom_config = task_lib.config_from_custom_config(
-        {"preset": "tiny", "export": {"precision": "bfloat16", "jit_compile": True}})
+    from_custom_config, _ = config_lib.from_trainer_custom_config(
+        _custom_config(export={"precision": "bfloat16", "jit_compile": True}))
     assert (from_custom_config.export.precision, from_custom_config.export.jit_compile) == ("bfloat16", True)
     path = tmp_path / "serve_bf16.yaml"
     path.write_text("export:\n  precision: bfloat16\n")
-    assert config_lib.load_config(str(path)).export.precision == "bfloat16"
-    with pytest.raises(config_lib.ConfigError, match=r"export.precision 'float16' is not one of float32, bfloat16"):
-        config_lib.load_config("tiny", {"export": {"precision": "float16"}})
+    assert config_lib.load_trainer_config(str(path)).export.precision == "bfloat16"
+    with pytest.raises(config_lib.ConfigError, match=r"export.precision must be one of float32, bfloat16, not 'float16'"):
+        config_lib.load_trainer_config("tiny", {"export": {"precision": "float16"}})
     with pytest.raises(config_lib.ConfigError, match=r"export.jit_compile must be true or false"):
-        config_lib.load_config("tiny", {"export": {"jit_compile": "fast"}})
+        config_lib.load_trainer_config("tiny", {"export": {"jit_compile": "fast"}})
 
 
 # ------------------------------------------------------------------------------------------------ strategies
 
 def _runtime(**values):
-    return config_lib.load_config("tiny", {"runtime": values}).runtime
+    return config_lib.load_trainer_config("tiny", {"runtime": values}).runtime
 
 
 def test_auto_strategy_choice(monkeypatch):
@@ -313,6 +322,6 @@ def test_multi_worker_needs_tf_config(monkeypatch):
 
 
 def test_learning_rate_values_are_the_published_ones():
-    lr = config_lib.load_config("coco_r50fpn").train.learning_rate
-    assert config_lib.learning_rate_values(lr) == [0.12, 0.012, 0.0012]
-    assert all(math.isfinite(v) for v in config_lib.learning_rate_values(lr))
+    lr = config_lib.load_trainer_config("coco_r50fpn").train.learning_rate
+    assert experiment_lib.learning_rate_values(lr) == [0.12, 0.012, 0.0012]
+    assert all(math.isfinite(v) for v in experiment_lib.learning_rate_values(lr))

@@ -17,7 +17,8 @@ import _trainer_helpers as helpers
 import maskrcnn_tfx  # noqa: F401  (selects tf_keras before TensorFlow loads)
 import tensorflow as tf
 from maskrcnn_tfx.label_map import LabelMap
-from maskrcnn_tfx.trainer import config as config_lib
+from maskrcnn_tfx import config as config_lib
+from maskrcnn_tfx.trainer import experiment as experiment_lib
 from maskrcnn_tfx.trainer import model as model_lib
 from maskrcnn_tfx.trainer import train as train_lib
 
@@ -29,8 +30,8 @@ RELABEL = {1: (2, "polygon"), 2: (1, "round"), 3: (2, "polygon")}
 NEW_NUM_CLASSES = 3  # ids 1 and 2, plus the background
 
 
-def _overrides(label_map, **train):
-    return {"preset": "finetune", "label_map_path": label_map, "model": {"input_size": IMAGE_SIZE},
+def _overrides(**train):
+    return {"preset": "finetune", "model": {"input_size": IMAGE_SIZE},
             "data": {"shuffle_buffer_size": 8},
             "train": {"batch_size": 2, "eval_batch_size": 2, "train_steps": 2, "summary_interval": 2,
                       "checkpoint_interval": 2, "eval_steps": 0, "learning_rate": {"warmup_steps": 1}, **train}}
@@ -42,9 +43,9 @@ def pretrained(tmp_path_factory):
     data = helpers.shapes_data(str(tmp_path_factory.getbasetemp() / "trainer_data"), num_images=8,
                                image_size=IMAGE_SIZE)
     model_dir = str(tmp_path_factory.mktemp("pretrained") / "model_run")
-    config = _overrides(data.label_map)
+    config = _overrides()
     config["preset"] = "tiny"
-    train_lib.train(config, data.train, None, model_dir)
+    train_lib.train(config, data.train, None, model_dir, label_map=data.label_map)
     assert helpers.checkpoint_steps(model_dir) == [2]
     return model_dir, data.label_map
 
@@ -75,8 +76,8 @@ def relabelled(tmp_path_factory):
 def checkpoint_weights(pretrained):
     """{name: value} of the pretrained checkpoint, read through a model with its own (3) classes."""
     model_dir, label_map = pretrained
-    config = config_lib.load_config(overrides=_overrides(label_map))
-    model = model_lib.build_model(config_lib.to_experiment_config(config, LabelMap.load(label_map)))
+    config = config_lib.load_trainer_config(changes=_overrides())
+    model = model_lib.build_model(experiment_lib.to_experiment_config(config, LabelMap.load(label_map)))
     model_lib.restore_weights(model, model_dir)
     return {name: v.numpy().copy() for name, v in model_lib.model_parts_variables(model)}
 
@@ -87,7 +88,7 @@ def _start_fine_tuning(monkeypatch, relabelled, model_dir, **train):
 
     monkeypatch.setattr(mg_train_lib.OrbitExperimentRunner, "run", lambda runner: (runner.trainer.model, {}))
     pattern, label_map = relabelled
-    return train_lib.train(_overrides(label_map, **train), pattern, None, model_dir).model
+    return train_lib.train(_overrides(**train), pattern, None, model_dir, label_map=label_map).model
 
 
 LOADED_PARTS = {"backbone": ("backbone",), "backbone_fpn": ("backbone", "decoder"),
@@ -130,9 +131,9 @@ def test_checkpoints_that_do_not_fit_fail_naming_checkpoint_and_variables(pretra
     prefix = tf.train.latest_checkpoint(model_dir)
     new_labels = LabelMap.load(relabelled[1])
     # Another FPN width: the FPN's and every head's input layers have other shapes.
-    config = config_lib.load_config(overrides=_overrides(relabelled[1]))
+    config = config_lib.load_trainer_config(changes=_overrides())
     config.model.fpn_filters = 32
-    experiment = config_lib.to_experiment_config(config, new_labels)
+    experiment = experiment_lib.to_experiment_config(config, new_labels)
     task = model_lib.build_task(experiment)
     model = task.build_model()
     with pytest.raises(model_lib.WeightsError, match=rf"(?s)checkpoint {re.escape(prefix)} do not fit .*incompatible "
@@ -146,8 +147,8 @@ def test_checkpoints_that_do_not_fit_fail_naming_checkpoint_and_variables(pretra
                                                      rf"do not fit .* name \S+"):
         model_lib.restore_weights(model, model_dir)
     # A checkpoint of the backbone alone has no FPN (missing variables) and is no whole Mask R-CNN.
-    full = config_lib.load_config(overrides=_overrides(label_map))
-    source = model_lib.build_model(config_lib.to_experiment_config(full, LabelMap.load(label_map)))
+    full = config_lib.load_trainer_config(changes=_overrides())
+    source = model_lib.build_model(experiment_lib.to_experiment_config(full, LabelMap.load(label_map)))
     backbone_only = str(tmp_path / "backbone" / "ckpt-1")
     tf.train.Checkpoint(backbone=source.backbone).write(backbone_only)
     with pytest.raises(model_lib.WeightsError, match=rf"{re.escape(backbone_only)} holds no backbone and decoder"):
@@ -156,9 +157,9 @@ def test_checkpoints_that_do_not_fit_fail_naming_checkpoint_and_variables(pretra
         model_lib.restore_all_but_class_layers(source, backbone_only, task.build_model_with_classes)
     model_lib.restore_parts(source, backbone_only, ("backbone",))  # What it does hold loads.
     # A deeper backbone misses variables the checkpoint does not have.
-    deeper = config_lib.load_config(overrides=_overrides(label_map))
+    deeper = config_lib.load_trainer_config(changes=_overrides())
     deeper.model.backbone = "resnet34"
-    other = model_lib.build_model(config_lib.to_experiment_config(deeper, LabelMap.load(label_map)))
+    other = model_lib.build_model(experiment_lib.to_experiment_config(deeper, LabelMap.load(label_map)))
     with pytest.raises(model_lib.WeightsError, match=rf"(?s)backbone weights of the checkpoint "
                                                      rf"{re.escape(backbone_only)} do not fit.*(shape|not bound)"):
         model_lib.restore_parts(other, backbone_only, ("backbone",))

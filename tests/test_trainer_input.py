@@ -9,7 +9,8 @@ import maskrcnn_tfx  # noqa: F401  (selects tf_keras before TensorFlow loads)
 import tensorflow as tf
 from maskrcnn_tfx import example_format as ef
 from maskrcnn_tfx.label_map import LabelMap
-from maskrcnn_tfx.trainer import config as config_lib
+from maskrcnn_tfx import config as config_lib
+from maskrcnn_tfx.trainer import experiment as experiment_lib
 from maskrcnn_tfx.trainer import input as input_lib
 from maskrcnn_tfx.trainer import model as model_lib
 from maskrcnn_tfx.trainer import preprocessing
@@ -76,8 +77,8 @@ def test_pixel_statistics_presence(data, transformed):
 
 
 def _first_batch(data, pattern, file_type, statistics_from_examples):
-    config = config_lib.load_config("tiny", {"train": {"eval_batch_size": 2}})
-    exp = config_lib.to_experiment_config(config, LabelMap.load(data.label_map), eval_input=pattern,
+    config = config_lib.load_trainer_config("tiny", {"train": {"eval_batch_size": 2}})
+    exp = experiment_lib.to_experiment_config(config, LabelMap.load(data.label_map), eval_input=pattern,
                                           file_type=file_type)
     task = model_lib.MaskRCNNTrainerTask(exp.task, statistics_from_examples=statistics_from_examples)
     images, labels = next(iter(task.build_inputs(exp.task.validation_data)))
@@ -102,6 +103,6 @@ def test_images_are_renormalized_with_the_examples_statistics(data, transformed)
 def test_statistics_required_when_a_transform_output_is_given(data, tmp_path):
     # The examples lack the statistics: the run stops before building anything, naming the problem.
     with pytest.raises(input_lib.InputError, match="carry no pixel statistics"):
-        train_lib.train(helpers.quick_overrides(data), data.train, None, str(tmp_path / "run"),
+        train_lib.train(helpers.quick_overrides(), data.train, None, str(tmp_path / "run"), label_map=data.label_map,
                         tf_transform_output=str(tmp_path / "transform_graph"))
     assert not os.path.exists(tmp_path / "run" / "checkpoint")

@@ -9,12 +9,14 @@ import shutil
 
 import numpy as np
 import pytest
+import yaml
 
 import _trainer_helpers as helpers
 import maskrcnn_tfx  # noqa: F401  (selects tf_keras before TensorFlow loads)
 import tensorflow as tf
+from maskrcnn_tfx import config as config_lib
 from maskrcnn_tfx.label_map import LabelMap
-from maskrcnn_tfx.trainer import config as config_lib
+from maskrcnn_tfx.trainer import experiment as experiment_lib
 from maskrcnn_tfx.trainer import model as model_lib
 from maskrcnn_tfx.trainer import task as task_lib
 from maskrcnn_tfx.trainer import train as train_lib
@@ -39,18 +41,28 @@ def run(data, tmp_path_factory):
         train_files=[data.train], eval_files=[data.eval],
         # The whole eval split (4 images, 2 batches), once at the end.
         # The serving precision comes from custom_config too: bfloat16 here, so the test sees it reach the export.
-        custom_config={**helpers.quick_overrides(data, train_steps=1000, eval_steps=-1),
-                       "export": {"precision": "bfloat16"}},
+        custom_config={"trainer": {**helpers.quick_overrides(train_steps=TRAIN_STEPS, eval_steps=-1),
+                                   "export": {"precision": "bfloat16"}},
+                       "label_map_path": data.label_map},
+        # TFX's TrainArgs may repeat the trainer section's steps (a different count is an error:
+        # tests/test_pipeline_runners.py).
         transform_output=None, train_steps=TRAIN_STEPS, eval_steps=None,
         model_run_dir=str(root / "model_run"), serving_model_dir=str(root / "serving"), base_model=None)
     task_lib.run_fn(fn_args)
     return fn_args
 
 
+def _trainer(run) -> config_lib.TrainerConfig:
+    return config_lib.from_trainer_custom_config(run.custom_config)[0]
+
+
 def test_checkpoints_every_interval_and_run_records(run):
-    assert helpers.checkpoint_steps(run.model_run_dir) == [2, 4]  # TFX's train_steps overrides the config's.
+    assert helpers.checkpoint_steps(run.model_run_dir) == [2, 4]
     assert train_lib.latest_step(run.model_run_dir) == TRAIN_STEPS
-    saved = config_lib.load_config(os.path.join(run.model_run_dir, train_lib.CONFIG_FILE))
+    # The run's whole trainer section, which reads back as it was.
+    with open(os.path.join(run.model_run_dir, train_lib.CONFIG_FILE), encoding="utf-8") as f:
+        saved = config_lib.trainer_from_dict(yaml.safe_load(f))
+    assert saved == _trainer(run)
     assert saved.train.train_steps == TRAIN_STEPS and saved.model.backbone == "resnet18"
     assert os.path.exists(os.path.join(run.model_run_dir, "params.yaml"))  # Model Garden's experiment.
 
@@ -64,7 +76,7 @@ def test_tensorboard_has_every_loss_the_learning_rate_and_eval_metrics(run):
     assert all(value > 0 for _, value in train["total_loss"])
     # The schedule as configured: a warm-up of 2 steps to the base rate, then a cosine decay that reaches
     # base * alpha at the last step.
-    schedule = config_lib.load_config(overrides=run.custom_config).train.learning_rate
+    schedule = _trainer(run).train.learning_rate
     assert schedule.schedule == "cosine" and schedule.warmup_steps == 2
     learning_rate = dict(train["learning_rate"])
     assert learning_rate[2] == pytest.approx(schedule.base)
@@ -99,7 +111,7 @@ def test_trained_export_answers_both_signatures_on_jpeg_and_png(run, data):
     by_examples = loaded.signatures[export_lib.TF_EXAMPLE_SIGNATURE](
         **{export_lib.EXAMPLES_INPUT: tf.constant(serialized)})
     label_ids = set(LabelMap.load(data.label_map).ids)
-    max_detections = config_lib.load_config(overrides=run.custom_config).model.max_num_detections
+    max_detections = _trainer(run).model.max_num_detections
     for outputs in (by_images, by_examples):
         assert set(outputs) == set(export_lib.OUTPUT_KEYS)
         out = {k: v.numpy() for k, v in outputs.items()}
@@ -123,17 +135,17 @@ def test_trained_export_answers_both_signatures_on_jpeg_and_png(run, data):
 
 @pytest.fixture(scope="module")
 def fresh_model(run, data):
-    config = config_lib.load_config(overrides=run.custom_config)
-    return model_lib.build_model(config_lib.to_experiment_config(config, LabelMap.load(data.label_map)))
+    config = _trainer(run)
+    return model_lib.build_model(experiment_lib.to_experiment_config(config, LabelMap.load(data.label_map)))
 
 
 def test_the_model_has_the_variables_of_model_gardens_build(run, data, fresh_model):
     """build_model creates the variables with one eager call; Model Garden's (a symbolic call) makes the same."""
     from official.vision.tasks import maskrcnn as mg_maskrcnn_task  # pylint: disable=g-import-not-at-top
 
-    config = config_lib.load_config(overrides=run.custom_config)
+    config = _trainer(run)
     reference = mg_maskrcnn_task.MaskRCNNTask(
-        config_lib.to_experiment_config(config, LabelMap.load(data.label_map)).task).build_model()
+        experiment_lib.to_experiment_config(config, LabelMap.load(data.label_map)).task).build_model()
 
     def described(model):
         return [(name, tuple(v.shape), v.dtype, v.trainable) for name, v in model_lib.model_parts_variables(model)]
@@ -168,9 +180,9 @@ def test_restore_weights_rejects_what_does_not_fit(run, data, fresh_model, tmp_p
     with pytest.raises(model_lib.WeightsError, match="neither a SavedModel nor a checkpoint"):
         model_lib.restore_weights(fresh_model, str(tmp_path))
     # A label map with more classes: the class and box heads have other shapes.
-    config = config_lib.load_config(overrides=run.custom_config)
+    config = _trainer(run)
     more_classes = LabelMap.from_pairs([(i, f"c{i}") for i in range(1, 6)])
-    other = model_lib.build_model(config_lib.to_experiment_config(config, more_classes))
+    other = model_lib.build_model(experiment_lib.to_experiment_config(config, more_classes))
     with pytest.raises(model_lib.WeightsError, match="do not fit this model"):
         model_lib.restore_weights(other, run.serving_model_dir)
 
@@ -181,7 +193,8 @@ def _start_without_training(monkeypatch, data, model_dir, base_model):
     from official.core import train_lib as mg_train_lib  # pylint: disable=g-import-not-at-top
 
     monkeypatch.setattr(mg_train_lib.OrbitExperimentRunner, "run", lambda runner: (runner.trainer.model, {}))
-    return train_lib.train(helpers.quick_overrides(data), data.train, None, model_dir, base_model=base_model)
+    return train_lib.train(helpers.quick_overrides(), data.train, None, model_dir, label_map=data.label_map,
+                           base_model=base_model)
 
 
 def _trainable(model):

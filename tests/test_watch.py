@@ -44,9 +44,8 @@ def _write_config(work: str, data_root: str) -> str:
         "data": {"root": data_root, "train_pattern": "span-{SPAN}/train/*", "eval_pattern": "span-{SPAN}/eval/*",
                  "label_map_path": os.path.join(data_root, "span-1", "label_map.json")},
         # No evaluation inside the Trainer: the Evaluator's is the one this test is about.
-        "trainer": {"preset": "tiny", "train_steps": 2,
-                    "overrides": {"model": {"input_size": IMAGE_SIZE},
-                                  "train": {"batch_size": 2, "eval_batch_size": 2, "eval_steps": 0}}},
+        "trainer": {"preset": "tiny", "model": {"input_size": IMAGE_SIZE},
+                    "train": {"train_steps": 2, "batch_size": 2, "eval_batch_size": 2, "eval_steps": 0}},
         # Explicit thresholds: any AP is above -1 (a 2-step model may score 0) and may be below the last one's.
         "evaluation": {"min_mask_ap": -1.0, "min_box_ap": -1.0, "max_ap_drop": 1.0, "box_metric": "pycocotools"},
     }
@@ -118,7 +117,7 @@ def _env() -> dict:
 def test_watcher_runs_each_new_span_survives_bad_data_and_stops_on_sigterm(tmp_path):
     from maskrcnn_tfx.report.runs import slug  # pylint: disable=g-import-not-at-top
     from maskrcnn_tfx.pipelines import outputs  # pylint: disable=g-import-not-at-top
-    from maskrcnn_tfx.pipelines.config import PipelineConfig  # pylint: disable=g-import-not-at-top
+    from maskrcnn_tfx import config as config_lib  # pylint: disable=g-import-not-at-top
 
     work = str(tmp_path)
     data_root = os.path.join(work, "spans")
@@ -162,7 +161,7 @@ def test_watcher_runs_each_new_span_survives_bad_data_and_stops_on_sigterm(tmp_p
     assert "span 1: run failed (exit code 1); waiting for the next span" in log
     assert "box_outside_image" in log  # the run's own message names the problem
 
-    config = PipelineConfig.from_yaml(config_file).validate()
+    config = config_lib.load(config_file)
     runs = [outputs.summarize(r) for r in outputs.pipeline_runs(config)]
     assert len(runs) == 2
     bad, good = runs

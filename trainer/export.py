@@ -57,8 +57,9 @@ from official.vision.serving import detection
 from maskrcnn_tfx import example_format as ef
 from maskrcnn_tfx import images as images_lib
 from maskrcnn_tfx import label_map as label_map_lib
+from maskrcnn_tfx.config.schema import SERVING_PRECISIONS as PRECISIONS, TrainerConfig
 from maskrcnn_tfx.trainer import preprocessing
-from maskrcnn_tfx.trainer.config import SERVING_PRECISIONS as PRECISIONS, TrainerConfig, to_experiment_config
+from maskrcnn_tfx.trainer.experiment import to_experiment_config
 
 if TYPE_CHECKING:
     import tensorflow_transform as tft
@@ -114,7 +115,7 @@ def experiment_config_of(config: Union[TrainerConfig, cfg.ExperimentConfig],
         return config
     if isinstance(config, TrainerConfig):
         return to_experiment_config(config, label_map)
-    raise TypeError(f"expected a maskrcnn_tfx.trainer.config.TrainerConfig or Model Garden ExperimentConfig, "
+    raise TypeError(f"expected a maskrcnn_tfx.config.TrainerConfig or Model Garden ExperimentConfig, "
                     f"got {type(config).__name__}")
 
 

@@ -29,6 +29,7 @@ from official.vision.modeling import factory as mg_factory
 from official.vision.tasks import maskrcnn as mg_maskrcnn_task
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
+from maskrcnn_tfx.config.schema import INIT_CHECKPOINT_MODULES
 from maskrcnn_tfx.trainer import input as input_lib
 
 logger = logging.getLogger(__name__)
@@ -127,7 +128,8 @@ def restore_weights(model: tf_keras.Model, path: str) -> str:
 # "all_but_class_layers" and "all" modes load the whole model (see MaskRCNNTrainerTask.initialize).
 INIT_PARTS = {"backbone": ("backbone",), "backbone_fpn": ("backbone", "decoder")}
 ALL_BUT_CLASS_LAYERS = "all_but_class_layers"
-INIT_MODES = ("backbone", "backbone_fpn", ALL_BUT_CLASS_LAYERS, "all")
+# The modes the configuration accepts (train.init_checkpoint_modules); each is handled below.
+INIT_MODES = INIT_CHECKPOINT_MODULES
 # Keras names of Model Garden's class-dependent layers, whose shapes follow the number of classes: the box
 # head's class logits and per-class box regression, the mask head's per-class mask logits.
 CLASS_LAYER_NAMES = frozenset({"detection-scores", "detection-boxes", "mask-logits"})

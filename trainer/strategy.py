@@ -26,7 +26,7 @@ import maskrcnn_tfx  # noqa: F401  (selects tf_keras before TensorFlow loads)
 import tensorflow as tf
 from official.common import distribute_utils
 
-from maskrcnn_tfx.trainer.config import ConfigError, RuntimeConfig
+from maskrcnn_tfx.config.schema import ConfigError, RuntimeConfig
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def resolve_kind(runtime: RuntimeConfig, num_visible_gpus: Optional[int] = None)
 
 
 def build_strategy(runtime: RuntimeConfig) -> tf.distribute.Strategy:
-    """The strategy ``runtime`` asks for (see :class:`maskrcnn_tfx.trainer.config.RuntimeConfig` and
+    """The strategy ``runtime`` asks for (see :class:`maskrcnn_tfx.config.schema.RuntimeConfig` and
     :func:`resolve_kind`)."""
     kind = resolve_kind(runtime)
     all_reduce = runtime.all_reduce_alg or None

@@ -3,8 +3,9 @@
 :func:`train_and_export` is what the TFX Trainer's ``run_fn`` calls (see :mod:`maskrcnn_tfx.trainer.task`), and what a
 user calls to train outside a pipeline::
 
-    from maskrcnn_tfx.trainer import config as config_lib, train
-    result = train.train_and_export(config_lib.load_config("tiny"), "data/train/*", "data/eval/*",
+    from maskrcnn_tfx import config
+    from maskrcnn_tfx.trainer import train
+    result = train.train_and_export(config.load_trainer_config("tiny"), "data/train/*", "data/eval/*",
                                     model_dir="runs/1", serving_dir="runs/1/serving",
                                     label_map="data/label_map.json")
 
@@ -14,11 +15,13 @@ What a run leaves in ``model_dir``:
   started again with the same ``model_dir`` (after a crash or a kill) continues from the latest one.
 - ``train/`` and ``validation/``: TensorBoard events (every loss term of Model Garden's task, the learning
   rate, steps/s; COCO box and mask metrics of each evaluation).
-- ``trainer_config.yaml`` (our configuration) and ``params.yaml`` (Model Garden's experiment it maps to).
+- ``trainer_config.yaml`` (the trainer section, complete: ``maskrcnn_tfx.config.trainer_from_dict`` reads it
+  back) and ``params.yaml`` (Model Garden's experiment it maps to).
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import logging
 import math
@@ -36,9 +39,10 @@ from official.core import train_lib
 from official.core import train_utils
 from official.modeling import performance
 
+from maskrcnn_tfx import config as config_lib
 from maskrcnn_tfx import progress
 from maskrcnn_tfx.label_map import LabelMap
-from maskrcnn_tfx.trainer import config as config_lib
+from maskrcnn_tfx.trainer import experiment as experiment_lib
 from maskrcnn_tfx.trainer import input as input_lib
 from maskrcnn_tfx.trainer import model as model_lib
 from maskrcnn_tfx.trainer import strategy as strategy_lib
@@ -94,20 +98,21 @@ def _seconds_per_step(train_marks: List[Tuple[float, int]], eval_marks: List[Tup
 
 
 def _as_config(config: Union[config_lib.TrainerConfig, Mapping[str, Any], str]) -> config_lib.TrainerConfig:
+    """A private copy of a trainer section (validated where it was made), or one loaded from a preset name or a
+    dict of trainer fields (validated there)."""
     if isinstance(config, config_lib.TrainerConfig):
-        return config_lib.clone(config)
+        return copy.deepcopy(config)
     if isinstance(config, str):
-        return config_lib.load_config(config)
-    return config_lib.load_config(overrides=config)
+        return config_lib.load_trainer_config(config)
+    return config_lib.load_trainer_config(changes=config)
 
 
-def _as_label_map(label_map: Union[None, LabelMap, str], config: config_lib.TrainerConfig) -> LabelMap:
+def _as_label_map(label_map: Union[None, LabelMap, str]) -> LabelMap:
     if isinstance(label_map, LabelMap):
         return label_map
-    path = label_map or config.label_map_path
-    if not path:
-        raise config_lib.ConfigError("no label map: give label_map or set label_map_path in the configuration")
-    return LabelMap.load(path)
+    if not label_map:
+        raise config_lib.ConfigError("no label map: give label_map (a LabelMap or the path of label_map.json)")
+    return LabelMap.load(label_map)
 
 
 @contextlib.contextmanager
@@ -124,7 +129,7 @@ def _precision_policy(mg_dtype: str) -> Iterator[None]:
 def _write_run_config(config: config_lib.TrainerConfig, experiment, model_dir: str) -> None:
     tf.io.gfile.makedirs(model_dir)
     with tf.io.gfile.GFile(os.path.join(model_dir, CONFIG_FILE), "w") as f:
-        f.write(config_lib.config_to_yaml(config))
+        f.write(config_lib.to_yaml(config))
     train_utils.serialize_config(experiment, model_dir)
 
 
@@ -154,36 +159,27 @@ def train(config: Union[config_lib.TrainerConfig, Mapping[str, Any], str], train
           label_map: Union[None, LabelMap, str] = None,
           tf_transform_output: Any = None,
           base_model: Optional[str] = None,
-          train_steps: Optional[int] = None,
-          eval_steps: Optional[int] = None,
           strategy: Optional[tf.distribute.Strategy] = None) -> TrainResult:
     """Trains Model Garden's Mask R-CNN with Model Garden's loop; resumes from ``model_dir`` if it has a checkpoint.
 
     Args:
-      config: a :class:`~maskrcnn_tfx.trainer.config.TrainerConfig`, a preset name, or a dict of overrides (may name a
-        ``preset``).
+      config: a :class:`~maskrcnn_tfx.config.TrainerConfig`, a preset name, or a dict of trainer fields (may
+        name a ``preset``); its ``train.train_steps`` and ``train.eval_steps`` are the run's steps.
       train_files, eval_files: TFRecord file patterns (GZIP or plain, see ``data.compression``). Without eval
-        files (or with ``eval_steps`` 0) there is no evaluation.
+        files (or with ``train.eval_steps`` 0) there is no evaluation.
       model_dir: checkpoints and TensorBoard summaries.
-      label_map: a LabelMap or its path (default: ``config.label_map_path``).
+      label_map: a LabelMap or the path of its ``label_map.json`` (required).
       tf_transform_output: the Transform output (``TFTransformOutput`` or folder). When given, images are
         normalized with the data set's statistics carried by the examples; otherwise with ImageNet's.
       base_model: warm start for a fresh run: a previous SavedModel or checkpoint (ignored when resuming).
-      train_steps, eval_steps: override ``train.train_steps`` / ``train.eval_steps`` (TFX's TrainArgs /
-        EvalArgs); None keeps the configuration's.
       strategy: a strategy to use instead of building ``config.runtime``'s.
     """
     cfg = _as_config(config)
     # A multi-worker strategy must exist before TensorFlow runs anything else: build it first.
     strategy = strategy or strategy_lib.build_strategy(cfg.runtime)
     chief = strategy_lib.is_chief(strategy)
-    if train_steps:
-        cfg.train.train_steps = int(train_steps)
-    if eval_steps is not None:
-        cfg.train.eval_steps = int(eval_steps)
-    config_lib.validate_config(cfg)
     config_lib.check_replicas(cfg, strategy.num_replicas_in_sync)
-    labels = _as_label_map(label_map, cfg)
+    labels = _as_label_map(label_map)
 
     # Missing splits fail here, by name, rather than deep inside the input pipeline.
     input_lib.match_files(train_files)
@@ -202,7 +198,7 @@ def train(config: Union[config_lib.TrainerConfig, Mapping[str, Any], str], train
         logger.warning("The examples carry the Transform's pixel statistics but no Transform output was given: "
                        "images are normalized with ImageNet's statistics, as the exported model will do.")
 
-    experiment = config_lib.to_experiment_config(
+    experiment = experiment_lib.to_experiment_config(
         cfg, labels, train_input=input_lib.as_patterns(train_files),
         eval_input=input_lib.as_patterns(eval_files) if has_eval else "", file_type=file_type)
     experiment.task.validation_data.file_type = eval_file_type
@@ -284,16 +280,14 @@ def train_and_export(config: Union[config_lib.TrainerConfig, Mapping[str, Any], 
                      label_map: Union[None, LabelMap, str] = None,
                      tf_transform_output: Any = None,
                      base_model: Optional[str] = None,
-                     train_steps: Optional[int] = None,
-                     eval_steps: Optional[int] = None,
                      strategy: Optional[tf.distribute.Strategy] = None) -> TrainResult:
     """:func:`train`, then the serving model into ``serving_dir``. Arguments as for :func:`train`."""
     cfg = _as_config(config)
     strategy = strategy or strategy_lib.build_strategy(cfg.runtime)
-    labels = _as_label_map(label_map, cfg)
+    labels = _as_label_map(label_map)
     transform_output = _load_transform_output(tf_transform_output)
     result = train(cfg, train_files, eval_files, model_dir, label_map=labels, tf_transform_output=transform_output,
-                   base_model=base_model, train_steps=train_steps, eval_steps=eval_steps, strategy=strategy)
+                   base_model=base_model, strategy=strategy)
     export(result, cfg, labels, serving_dir, tf_transform_output=transform_output, strategy=strategy)
     result.serving_model_dir = serving_dir
     return result

@@ -17,8 +17,8 @@ from typing import Dict, List, Optional
 from maskrcnn_tfx.pipelines import outputs
 # The pipeline's component ids, re-exported for the report's modules (runs_lib.TRAINER ...).
 from maskrcnn_tfx.pipelines.component_ids import (  # noqa: F401
-    ANNOTATION_VALIDATOR, EVALUATOR, EXAMPLE_GEN, EXAMPLE_VALIDATOR, PUSHER, STATISTICS_GEN, TRAINER)
-from maskrcnn_tfx.pipelines.config import PipelineConfig
+    ANNOTATION_VALIDATOR, EVALUATOR, EXAMPLE_GEN, EXAMPLE_VALIDATOR, STATISTICS_GEN, TRAINER)
+from maskrcnn_tfx.config.schema import PipelineConfig
 
 COMPLETE, FAILED, RUNNING = "complete", "failed", "running"
 _DONE_STATES = ("COMPLETE", "CACHED")

@@ -31,14 +31,15 @@ def exported_model_dir() -> str:
     reuse = os.environ.get(REUSE_ENV, "")
     if reuse and os.path.isfile(os.path.join(reuse, "saved_model.pb")):
         return reuse
-    from maskrcnn_tfx.trainer import config as config_lib  # pylint: disable=import-outside-toplevel
+    from maskrcnn_tfx import config as config_lib  # pylint: disable=import-outside-toplevel
+    from maskrcnn_tfx.trainer import experiment as experiment_lib  # pylint: disable=import-outside-toplevel
     from maskrcnn_tfx.trainer import export  # pylint: disable=import-outside-toplevel
     from maskrcnn_tfx.trainer import model as model_lib  # pylint: disable=import-outside-toplevel
 
     work_dir = tempfile.mkdtemp(prefix="serving_model_")
     atexit.register(shutil.rmtree, work_dir, ignore_errors=True)
-    config = config_lib.load_config("tiny")
-    model = model_lib.build_model(config_lib.to_experiment_config(config, LABEL_MAP))
+    config = config_lib.load_trainer_config("tiny")
+    model = model_lib.build_model(experiment_lib.to_experiment_config(config, LABEL_MAP))
     model_dir = os.path.join(work_dir, "saved_model")
     export.export_serving_model(model, config, LABEL_MAP, model_dir, warmup_images=sample_images()[:2])
     return model_dir

@@ -14,7 +14,6 @@ import dataclasses
 import functools
 import io
 import json
-import os
 import socket
 import struct
 import subprocess
