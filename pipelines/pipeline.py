@@ -88,9 +88,9 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         schema=schema_gen.outputs["schema"]).with_id(ids.EXAMPLE_VALIDATOR)
     anomalies_gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"]).with_id(ids.ANOMALIES_GATE)
     # Training data is held to the served model's image size limit.
-    annotation_validator = AnnotationValidator(examples=example_gen.outputs["examples"],
-                                               label_map_path=config.label_map_path,
-                                               max_image_pixels=config.trainer.export.max_image_pixels).with_id(ids.ANNOTATION_VALIDATOR)
+    annotation_validator = AnnotationValidator(
+        examples=example_gen.outputs["examples"], label_map_path=config.label_map_path,
+        max_image_pixels=config.trainer.export.max_image_pixels).with_id(ids.ANNOTATION_VALIDATOR)
 
     # No TFDV statistics of its own: before the transform they are StatisticsGen's on the same examples, after
     # it the same features plus two constant ones. No analyzer cache: nothing feeds it back (it pays off

@@ -1,6 +1,7 @@
 """A training process for the trainer tests: ``python tests/_train_worker.py SPEC.json``.
 
-SPEC holds ``config`` (trainer fields, may name a preset), ``label_map``, ``train_files``, ``eval_files``, ``model_dir``,
+SPEC holds ``config`` (trainer fields, may name a preset), ``label_map``, ``train_files``, ``eval_files``,
+``model_dir``,
 ``result`` (where to write the result JSON) and optionally ``logical_cpus`` (split the CPU into that many
 logical devices before TensorFlow starts, for MirroredStrategy) and ``base_model``. A multi-worker run gets
 its cluster from TF_CONFIG, set by the test.

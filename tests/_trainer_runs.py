@@ -135,7 +135,8 @@ def _start_multi_worker(root: str, data: helpers.ShapesData) -> Dict[str, Run]:
     runs = {}
     for index in range(2):
         name = f"worker{index}"
-        spec = {"config": config, "label_map": data.label_map, "train_files": data.train, "model_dir": os.path.join(root, "multi_worker"),
+        spec = {"config": config, "label_map": data.label_map, "train_files": data.train,
+                "model_dir": os.path.join(root, "multi_worker"),
                 "result": os.path.join(root, f"{name}.json")}
         env = {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
         runs[name] = _start(spec, root, name, env)

@@ -180,9 +180,10 @@ def test_trainer_refuses_step_args_that_contradict_its_configuration(shapes_data
     from maskrcnn_tfx.trainer import task  # pylint: disable=g-import-not-at-top
 
     trainer = config_lib.load_trainer_config("tiny", {"train": {"train_steps": 30}})
-    task._check_step_args(types.SimpleNamespace(train_steps=30, eval_steps=0), trainer)  # pylint: disable=protected-access
+    check = task._check_step_args  # pylint: disable=protected-access
+    check(types.SimpleNamespace(train_steps=30, eval_steps=0), trainer)
     with pytest.raises(config_lib.ConfigError, match=r"TrainArgs.num_steps is 50 .* train.train_steps is 30"):
-        task._check_step_args(types.SimpleNamespace(train_steps=50, eval_steps=None), trainer)  # pylint: disable=protected-access
+        check(types.SimpleNamespace(train_steps=50, eval_steps=None), trainer)
     # A custom_config written by an older release (the trainer fields at the top level) is refused by name.
     with pytest.raises(config_lib.ConfigError, match="compiled by an older release"):
         config_lib.from_trainer_custom_config({"preset": "tiny", "label_map_path": "x", "train": {}})

@@ -193,7 +193,8 @@ def test_mapping_onto_model_garden():
 
 def test_resnet_depths_map_to_model_ids():
     for name, depth in (("resnet18", 18), ("resnet34", 34), ("resnet50", 50), ("resnet101", 101)):
-        exp = experiment_lib.to_experiment_config(config_lib.load_trainer_config("tiny", {"model": {"backbone": name}}), SHAPES)
+        exp = experiment_lib.to_experiment_config(
+            config_lib.load_trainer_config("tiny", {"model": {"backbone": name}}), SHAPES)
         assert exp.task.model.backbone.type == "resnet" and exp.task.model.backbone.resnet.model_id == depth
 
 
@@ -245,7 +246,8 @@ def test_optimizers_are_built_by_model_garden(optimizer, expected_class):
 
 
 def test_num_classes_follows_the_label_map():
-    exp = experiment_lib.to_experiment_config(config_lib.load_trainer_config("tiny"), LabelMap.from_pairs([(1, "a"), (7, "b")]))
+    exp = experiment_lib.to_experiment_config(config_lib.load_trainer_config("tiny"),
+                                              LabelMap.from_pairs([(1, "a"), (7, "b")]))
     assert exp.task.model.num_classes == 8  # Ids are the data set's own: 7 needs 8 outputs.
     with pytest.raises(config_lib.ConfigError, match="no class"):
         experiment_lib.to_experiment_config(config_lib.load_trainer_config("tiny"), LabelMap.from_pairs([]))
@@ -276,7 +278,8 @@ def test_export_precision_is_configured_from_yaml_and_custom_config(tmp_path):
     path = tmp_path / "serve_bf16.yaml"
     path.write_text("export:\n  precision: bfloat16\n")
     assert config_lib.load_trainer_config(str(path)).export.precision == "bfloat16"
-    with pytest.raises(config_lib.ConfigError, match=r"export.precision must be one of float32, bfloat16, not 'float16'"):
+    with pytest.raises(config_lib.ConfigError,
+                       match=r"export.precision must be one of float32, bfloat16, not 'float16'"):
         config_lib.load_trainer_config("tiny", {"export": {"precision": "float16"}})
     with pytest.raises(config_lib.ConfigError, match=r"export.jit_compile must be true or false"):
         config_lib.load_trainer_config("tiny", {"export": {"jit_compile": "fast"}})

@@ -124,7 +124,7 @@ def restore_weights(model: tf_keras.Model, path: str) -> str:
     return prefix
 
 
-# train.init_checkpoint_modules (trainer/config.py lists the same names) -> the parts each loads. The
+# train.init_checkpoint_modules (maskrcnn_tfx/config/schema.py lists the names) -> the parts each loads. The
 # "all_but_class_layers" and "all" modes load the whole model (see MaskRCNNTrainerTask.initialize).
 INIT_PARTS = {"backbone": ("backbone",), "backbone_fpn": ("backbone", "decoder")}
 ALL_BUT_CLASS_LAYERS = "all_but_class_layers"
