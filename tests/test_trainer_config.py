@@ -296,6 +296,12 @@ def test_auto_strategy_choice(monkeypatch):
     assert strategy_lib.resolve_kind(_runtime(), num_visible_gpus=0) == "one_device"
     assert strategy_lib.resolve_kind(_runtime(), num_visible_gpus=1) == "one_device"
     assert strategy_lib.resolve_kind(_runtime(), num_visible_gpus=4) == "mirrored"
+    # num_gpus: -1 (the default) every visible GPU, 0 none, N that many.
+    assert strategy_lib.resolve_kind(_runtime(num_gpus=0), num_visible_gpus=4) == "one_device"
+    assert strategy_lib.resolve_kind(_runtime(num_gpus=1), num_visible_gpus=4) == "one_device"
+    assert strategy_lib.resolve_kind(_runtime(num_gpus=2), num_visible_gpus=4) == "mirrored"
+    with pytest.raises(config_lib.ConfigError, match="runtime.num_gpus must be -1"):
+        _runtime(num_gpus=-2)
     monkeypatch.setenv(strategy_lib.TF_CONFIG, json.dumps(
         {"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}))
     assert strategy_lib.resolve_kind(_runtime(), num_visible_gpus=0) == "multi_worker_mirrored"

@@ -87,7 +87,9 @@ def to_experiment_config(config: TrainerConfig, label_map: LabelMap, *,
     exp.runtime.mixed_precision_dtype = mg_precision
     exp.runtime.loss_scale = "dynamic" if t.mixed_precision == "mixed_float16" else None
     exp.runtime.enable_xla = t.enable_xla
-    exp.runtime.num_gpus = r.num_gpus
+    # The Trainer builds its own strategy (maskrcnn_tfx/trainer/strategy.py), and sets the GPUs it uses here
+    # (Model Garden applies enable_xla only with runtime.num_gpus > 0).
+    exp.runtime.num_gpus = max(r.num_gpus, 0)
     exp.runtime.tpu = r.tpu or None
     exp.runtime.all_reduce_alg = r.all_reduce_alg or None
 

@@ -86,8 +86,13 @@ def resolve_kind(runtime: RuntimeConfig, num_visible_gpus: Optional[int] = None)
         return runtime.strategy
     if cluster_size() > 1:
         return "multi_worker_mirrored"
-    num_gpus = runtime.num_gpus or (visible_gpus() if num_visible_gpus is None else num_visible_gpus)
-    return "mirrored" if num_gpus > 1 else "one_device"
+    visible = visible_gpus() if num_visible_gpus is None else num_visible_gpus
+    return "mirrored" if _num_gpus(runtime, visible) > 1 else "one_device"
+
+
+def _num_gpus(runtime: RuntimeConfig, visible: int) -> int:
+    """``runtime.num_gpus`` with -1 (every visible GPU) resolved."""
+    return visible if runtime.num_gpus < 0 else runtime.num_gpus
 
 
 def build_strategy(runtime: RuntimeConfig) -> tf.distribute.Strategy:
@@ -96,14 +101,14 @@ def build_strategy(runtime: RuntimeConfig) -> tf.distribute.Strategy:
     kind = resolve_kind(runtime)
     all_reduce = runtime.all_reduce_alg or None
     if kind == "one_device":
-        num_gpus = runtime.num_gpus if runtime.strategy == "one_device" else min(runtime.num_gpus or visible_gpus(), 1)
+        num_gpus = min(_num_gpus(runtime, visible_gpus()), 1)
         return distribute_utils.get_distribution_strategy("one_device", num_gpus=num_gpus)
     if kind == "mirrored":
         if runtime.devices:
             # e.g. several logical CPU devices, or a chosen subset of GPUs.
             return tf.distribute.MirroredStrategy(devices=list(runtime.devices),
                                                   cross_device_ops=_mirrored_cross_device_ops(all_reduce))
-        num_gpus = runtime.num_gpus or visible_gpus()
+        num_gpus = _num_gpus(runtime, visible_gpus())
         return distribute_utils.get_distribution_strategy("mirrored", num_gpus=num_gpus, all_reduce_alg=all_reduce)
     if kind == "multi_worker_mirrored":
         _check_multi_worker_tf_config()
@@ -113,6 +118,11 @@ def build_strategy(runtime: RuntimeConfig) -> tf.distribute.Strategy:
             raise ConfigError("runtime.strategy tpu needs runtime.tpu (the TPU name, grpc:// address or \"local\")")
         return distribute_utils.get_distribution_strategy("tpu", tpu_address=runtime.tpu)
     raise ConfigError(f"unknown runtime.strategy {runtime.strategy!r}")
+
+
+def num_gpu_replicas(strategy: tf.distribute.Strategy) -> int:
+    """The GPUs ``strategy`` computes on in this worker."""
+    return sum("GPU" in device.upper() for device in strategy.extended.worker_devices)
 
 
 def is_chief(strategy: Optional[tf.distribute.Strategy] = None) -> bool:

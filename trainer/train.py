@@ -202,6 +202,7 @@ def train(config: Union[config_lib.TrainerConfig, Mapping[str, Any], str], train
         cfg, labels, train_input=input_lib.as_patterns(train_files),
         eval_input=input_lib.as_patterns(eval_files) if has_eval else "", file_type=file_type)
     experiment.task.validation_data.file_type = eval_file_type
+    experiment.runtime.num_gpus = strategy_lib.num_gpu_replicas(strategy)
     logger.info("Training %s on %s (%s; %s files; %d classes)", cfg.model.backbone, strategy_lib.describe(strategy),
                 "data set statistics" if statistics_from_examples else "ImageNet statistics", file_type,
                 labels.num_classes)

@@ -176,8 +176,9 @@ class RuntimeConfig:
     """Where training runs (see maskrcnn_tfx.trainer.strategy)."""
 
     strategy: str = "auto"
-    # GPUs to use: one_device 0 (CPU) or 1; mirrored and auto 0 means all visible GPUs.
-    num_gpus: int = 0
+    # GPUs to use: -1 every visible GPU (one_device: one of them, if any), 0 none (the CPU), N that many
+    # (one_device: at most 1).
+    num_gpus: int = -1
     # mirrored: explicit devices (e.g. ["/cpu:0", "/cpu:1"]) instead of the first num_gpus GPUs.
     devices: List[str] = dataclasses.field(default_factory=list)
     # tpu: the TPU's name or grpc:// address ("local" for a TPU VM).

@@ -180,7 +180,7 @@ def trainer_problems(config: TrainerConfig, prefix: str = "") -> List[str]:
                                          f"{lr.cosine_decay_steps}")
 
     one_of("runtime.strategy", r.strategy, schema.STRATEGIES)
-    need(r.num_gpus >= 0, f"runtime.num_gpus must be >= 0, got {r.num_gpus}")
+    need(r.num_gpus >= -1, f"runtime.num_gpus must be -1 (every visible GPU), 0 (none) or more, got {r.num_gpus}")
     if r.strategy == "tpu":
         need(bool(r.tpu), "runtime.tpu (the TPU name or grpc:// address, or \"local\") is required with "
                           "runtime.strategy tpu")
