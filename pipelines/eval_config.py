@@ -71,6 +71,7 @@ import maskrcnn_tfx  # noqa: F401  (selects tf_keras before TensorFlow and TFMA 
 import tensorflow_model_analysis as tfma
 
 from maskrcnn_tfx import signature
+from maskrcnn_tfx.config.schema import AP_BOUND_RANGE, BOX_METRICS, EvaluationConfig
 from maskrcnn_tfx.label_map import LabelMap
 from maskrcnn_tfx.pipelines import metrics
 
@@ -79,19 +80,15 @@ DEFAULT_SIGNATURE = signature.TF_EXAMPLE_SIGNATURE
 # The module whose custom_extractors() the TFX Evaluator must use: Evaluator(module_path=EVALUATOR_MODULE_PATH).
 EVALUATOR_MODULE_PATH = metrics.__name__
 
-MASK_AP = metrics.MASK_AP
-BOX_AP = metrics.BOX_AP
-BOX_METRIC_TFMA = "tfma"
-BOX_METRIC_PYCOCOTOOLS = "pycocotools"
-BOX_METRICS = (BOX_METRIC_PYCOCOTOOLS, BOX_METRIC_TFMA)
-DEFAULT_BOX_METRIC = BOX_METRIC_PYCOCOTOOLS
+BOX_METRIC_PYCOCOTOOLS, BOX_METRIC_TFMA = BOX_METRICS
+# The configuration's defaults (maskrcnn_tfx/config/schema.py's EvaluationConfig), for callers without one.
+_DEFAULTS = EvaluationConfig()
+DEFAULT_BOX_METRIC = _DEFAULTS.box_metric
 DEFAULT_SLICING = ((metrics.OBJECT_COUNT,),)
-DEFAULT_BOX_NUM_THRESHOLDS = 1000
-DEFAULT_MAX_DETECTIONS = 100
+DEFAULT_BOX_NUM_THRESHOLDS = _DEFAULTS.box_num_thresholds
+DEFAULT_MAX_DETECTIONS = _DEFAULTS.max_detections
 # The default strict lower bound on mask and box AP: AP 0.000 (a model that detects nothing) never passes.
-DEFAULT_MIN_AP = 0.001
-# The range a lower bound may take: negative lets any defined AP pass, 1 lets nothing pass.
-MIN_AP_RANGE = (-1.0, 1.0)
+DEFAULT_MIN_AP = _DEFAULTS.min_mask_ap
 
 # TFMA's box metric: its Beam computations per class ((10 IoU thresholds) x (all, small, medium, large areas)),
 # and its cost per computation and eval image, linear in the score thresholds: fitted to measurements on 2 CPU
@@ -174,7 +171,7 @@ def warn_if_slow_box_metric(evaluation: Any, label_map: LabelMap) -> Optional[Tf
     return cost
 
 
-def tfma_box_metric_configs(label_map: LabelMap, *, name: str = BOX_AP,
+def tfma_box_metric_configs(label_map: LabelMap, *, name: str = metrics.BOX_AP,
                             num_thresholds: int = DEFAULT_BOX_NUM_THRESHOLDS,
                             max_detections: int = DEFAULT_MAX_DETECTIONS) -> List[tfma.MetricConfig]:
     """TFMA's ``COCOMeanAveragePrecision`` configs for the names of :func:`maskrcnn_tfx.pipelines.metrics.metric_names`.
@@ -278,7 +275,7 @@ def build_eval_config(label_map: LabelMap, *, signature_name: str = DEFAULT_SIGN
     """
     if box_metric not in BOX_METRICS:
         raise ValueError(f"box_metric must be {BOX_METRIC_PYCOCOTOOLS!r} or {BOX_METRIC_TFMA!r}, not {box_metric!r}")
-    low, high = MIN_AP_RANGE
+    low, high = AP_BOUND_RANGE
     for label, value in (("min_mask_ap", min_mask_ap), ("min_box_ap", min_box_ap)):
         if value is not None and not low <= float(value) <= high:
             raise ValueError(f"{label} must be in [{low:g}, {high:g}], not {value}")

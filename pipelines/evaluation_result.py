@@ -17,8 +17,7 @@ import numpy as np
 
 from maskrcnn_tfx.pipelines import metrics as metrics_lib
 
-MASK_AP, BOX_AP = metrics_lib.MASK_AP, metrics_lib.BOX_AP
-KINDS = (MASK_AP, BOX_AP)
+KINDS = (metrics_lib.MASK_AP, metrics_lib.BOX_AP)
 # Slice columns shown with a reader's name rather than the feature key.
 SLICE_COLUMN_NAMES = {metrics_lib.OBJECT_COUNT: "objects in the image"}
 OVERALL = "Overall"

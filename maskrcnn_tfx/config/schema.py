@@ -230,6 +230,8 @@ class TrainerConfig:
 RUNNERS = ("local", "beam", "kubeflow")
 INFRA_VALIDATION_MODES = ("off", "docker", "kubernetes")
 BOX_METRICS = ("pycocotools", "tfma")
+# The range a lower bound on AP may take: negative lets any defined AP pass, 1 lets nothing pass.
+AP_BOUND_RANGE = (-1.0, 1.0)
 SPAN_TOKEN = "{SPAN}"
 DEFAULT_PIPELINE_NAME = "maskrcnn-tfx"
 DEFAULT_IMAGE = "maskrcnn-tfx:latest"

@@ -71,10 +71,11 @@ def validate(config: PipelineConfig, *, check_files: bool = True, source: str = 
         need(problem is None, f"trainer.train.init_checkpoint: {problem}")
 
     e = c.evaluation
+    low, high = schema.AP_BOUND_RANGE
     for name in ("min_mask_ap", "min_box_ap"):
         value = getattr(e, name)
-        need(value is None or -1.0 <= value <= 1.0,
-             f"evaluation.{name} must be in [-1, 1] (AP must be strictly above it), not {value}")
+        need(value is None or low <= value <= high,
+             f"evaluation.{name} must be in [{low:g}, {high:g}] (AP must be strictly above it), not {value}")
     need(e.max_ap_drop is None or 0.0 <= e.max_ap_drop <= 1.0,
          f"evaluation.max_ap_drop must be in [0, 1], not {e.max_ap_drop}")
     _one_of(problems, "evaluation.box_metric", e.box_metric, schema.BOX_METRICS)

@@ -6,7 +6,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from maskrcnn_tfx.pipelines import metrics as metrics_lib
-from maskrcnn_tfx.pipelines.evaluation_result import BOX_AP, KINDS, MASK_AP, Evaluation
+from maskrcnn_tfx.pipelines.evaluation_result import KINDS, Evaluation
 
 # The summary numbers of each kind, in the order of the metrics table, with their column labels.
 SUMMARY_SUFFIXES = (("", "AP"), ("50", "AP50"), ("75", "AP75"), ("_small", "APs"), ("_medium", "APm"),
@@ -37,7 +37,7 @@ def has_ground_truth(evaluation: Evaluation, name: str) -> bool:
     The mask AP decides when it is there (it is always COCO's); TFMA's own box metric gives such a class 0.
     """
     kinds = [k for k in KINDS if evaluation.value(f"{k}/{name}") is not None]
-    kinds = [MASK_AP] if MASK_AP in kinds else kinds
+    kinds = [metrics_lib.MASK_AP] if metrics_lib.MASK_AP in kinds else kinds
     return any(_finite(evaluation.value(f"{kind}/{name}")) for kind in kinds)
 
 
@@ -59,7 +59,8 @@ def per_class_rows(evaluation: Evaluation) -> List[Dict[str, Any]]:
         rows.append(row)
 
     def key(row: Dict[str, Any]):
-        value = row[MASK_AP]["value"] if _finite(row[MASK_AP]["value"]) else row[BOX_AP]["value"]
+        mask, box = row[metrics_lib.MASK_AP]["value"], row[metrics_lib.BOX_AP]["value"]
+        value = mask if _finite(mask) else box
         return (-(value if _finite(value) else -1.0), row["name"])
 
     return sorted(rows, key=key)
