@@ -34,6 +34,7 @@ from typing import Callable, List, Optional, Tuple
 
 from maskrcnn_tfx.files import is_remote
 from maskrcnn_tfx import config as config_lib
+from maskrcnn_tfx.config import loader
 from maskrcnn_tfx.config.schema import SPAN_TOKEN, ConfigError, PipelineConfig
 
 STATE_FILE = "watch_state.json"
@@ -85,12 +86,14 @@ class Watcher:
     # -- configuration and spans ---------------------------------------------------------------------------
 
     def load_config(self) -> PipelineConfig:
+        # Said first: a cluster configuration would otherwise fail on what its pods can read.
+        runner = loader.read_yaml(self.config_file).get("runner", "local")
+        if runner not in ("local", "beam"):
+            raise ConfigError(f"{self.config_file}: watch runs the pipeline on this machine (runner "
+                              f"local or beam), not {runner!r}; Kubeflow and Vertex AI schedule "
+                              f"runs themselves (maskrcnn-tfx run --runner kubeflow --schedule ...)")
         # The data need not exist yet: the watcher waits for its spans.
         config = config_lib.load(self.config_file, check_files=False)
-        if config.runner not in ("local", "beam"):
-            raise ConfigError(f"{self.config_file}: watch runs the pipeline on this machine (runner "
-                              f"local or beam), not {config.runner!r}; Kubeflow and Vertex AI schedule "
-                              f"runs themselves (maskrcnn-tfx run --runner kubeflow --schedule ...)")
         d = config.data
         patterns = [d.pattern] if d.uses_hash_buckets else [d.train_pattern, d.eval_pattern]
         if not all(SPAN_TOKEN in p for p in patterns):
