@@ -14,10 +14,9 @@ OUT ?= outputs
 # The real COCO sample is used by tests only where it exists beside the repo.
 COCO128_DIR ?= $(abspath $(wildcard ../shared/datasets/coco128))
 PYTEST_ARGS ?=
-# The suite on two processes, heaviest modules first (tests/conftest.py): much of it is single-threaded graph
-# tracing and Beam Python. The groups of tests/conftest.py are meant to keep modules that share fixtures on one
-# worker, but with pytest 9.2 xdist 3.8's loadgroup ignores them (pytest-xdist issue 1386), so today tests are
-# spread one by one and some fixtures are built on both workers; the suite still takes about 18 minutes.
+# The suite on two processes (much of it is single-threaded graph tracing and Beam Python): loadgroup keeps
+# the modules that share fixtures on one worker, so the local pipeline runs and the coco128 run are each built
+# once, and hands out the groups heaviest first (tests/conftest.py, which also says why pytest is held at 9.1.1).
 # `make test PYTEST_WORKERS=0` runs it in one process.
 PYTEST_WORKERS ?= 2
 PYTEST_XDIST = $(if $(filter 0,$(PYTEST_WORKERS)),-p no:xdist,-n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder)
