@@ -107,6 +107,20 @@ def test_config_round_trips_through_yaml(tmp_path):
         config_lib.load_trainer_config(str(path))
 
 
+def test_a_resolved_section_is_read_without_its_preset_file(tmp_path, monkeypatch):
+    """The Trainer's pod reads the compiled custom_config; a preset file of the compiling machine is not there."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.yaml").write_text("train: {batch_size: 3}\n")
+    config = config_lib.load_trainer_config("mine.yaml")
+    assert config.preset == str(tmp_path / "mine.yaml") and config.train.batch_size == 3  # recorded absolute
+    custom = {"trainer": config_lib.to_dict(config), "label_map_path": "/data/label_map.json"}
+    (tmp_path / "mine.yaml").unlink()
+    assert config_lib.from_trainer_custom_config(custom)[0] == config
+    # An incomplete section still needs its preset, and says which one is missing.
+    with pytest.raises(config_lib.ConfigError, match="mine.yaml"):
+        config_lib.trainer_from_dict({"preset": str(tmp_path / "mine.yaml"), "train": {"batch_size": 2}})
+
+
 def test_unknown_field_is_named_with_its_path():
     with pytest.raises(config_lib.ConfigError, match=r"unknown field 'train.optimizer.lr'"):
         config_lib.load_trainer_config("tiny", {"train": {"optimizer": {"lr": 0.1}}})

@@ -64,10 +64,8 @@ def from_dict(values: Mapping[str, Any], *, source: str = "configuration",
         raise ConfigError(f"{source}: expected a mapping of configuration fields, got {type(values).__name__}")
     values = dict(values)
     problems: List[str] = []
-    if "trainer" in values:
-        values["trainer"] = _resolved_trainer(values["trainer"], "trainer.", problems)
-    else:
-        values["trainer"] = _resolved_trainer({}, "trainer.", problems)
+    # An empty section (`trainer:` alone in YAML) is the preset's defaults.
+    values["trainer"] = _resolved_trainer(values.get("trainer") or {}, "trainer.", problems)
     config = _build(PipelineConfig, values, "", problems) if not problems else None
     if problems:
         raise ConfigError(validation.message(source, problems))
@@ -204,6 +202,10 @@ def _resolved_trainer(values: Any, prefix: str, problems: List[str]) -> Dict[str
     if not isinstance(preset, str):
         problems.append(f"{prefix}preset must be a preset name or a YAML file, got {preset!r}")
         return {}
+    if _complete(TrainerConfig, values):
+        # A resolved section (the Trainer's custom_config, `config show`'s output) has nothing left for its
+        # preset to fill: it is not read again, so a preset file need not be where the section is read.
+        return values
     try:
         path = preset_path(preset)
         body = read_yaml(path)
@@ -213,7 +215,18 @@ def _resolved_trainer(values: Any, prefix: str, problems: List[str]) -> Dict[str
     if "preset" in body:
         problems.append(f"{prefix}preset: the preset file {path} names a preset itself; presets do not chain")
         return {}
-    return merged(body, dict(values, preset=preset))
+    # A preset file is recorded by its absolute path: the section may be read again from elsewhere.
+    named = preset if files.is_remote(preset) or path != preset else os.path.abspath(preset)
+    return merged(body, dict(values, preset=named))
+
+
+def _complete(cls, values: Any) -> bool:
+    """Whether ``values`` gives every field of ``cls``, nested sections included."""
+    if not isinstance(values, Mapping):
+        return False
+    types = _field_types(cls)
+    return all(name in values and (not dataclasses.is_dataclass(tp) or _complete(tp, values[name]))
+               for name, tp in types.items())
 
 
 def _moved_fields_message(values: Dict[str, Any], moved: List[str], prefix: str) -> str:
