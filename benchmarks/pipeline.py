@@ -11,17 +11,23 @@ The step time comes from the Trainer's TensorBoard logs: orbit writes ``steps_pe
 loop, and the loops after the first (which includes tracing) give the time of a step. The run's fixed cost is
 everything but ``train_steps`` such steps.
 
+``--profile`` also samples the stack of the child's main thread (where LocalDagRunner runs every component and
+in-process Beam runs its bundles) every 20 ms with the standard library, and prints, for each component, its
+seconds split into what they went to (:data:`PROFILE_CATEGORIES`: Beam pipeline construction, its translation,
+its bundles, TensorFlow tracing, model loading and calls, TFX packaging itself for Beam workers, ...).
+
 ``--peer DIR`` runs the same pipeline, on the same data, with the code of another checkout of this repository
 (e.g. a worktree of an earlier commit) in the same invocation, alternating the two (``--repeats``), and prints
 the ratio of their fixed costs: absolute times drift on a shared machine, a ratio measured side by side much
 less. Every run is a subprocess with ``PYTHONPATH`` set to its checkout.
 
     .venv/bin/python -m benchmarks.pipeline [--data shapes|coco128] [--num-images 256] [--train-steps 50] \
-        [--box-metric pycocotools] [--peer /path/to/other/checkout] [--repeats 1] [--work-dir DIR]
+        [--box-metric pycocotools] [--peer /path/to/other/checkout] [--repeats 1] [--profile] [--work-dir DIR]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -30,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Any, Dict, List, Optional
 
@@ -37,6 +44,69 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COCO128_ENV = "MASKRCNN_TFX_COCO128"
 # Length of one training loop during the benchmark: short, so that a few loops follow the first one.
 SUMMARY_INTERVAL = 5
+# --profile: what a sampled stack went to, the first category whose function names it holds (innermost rules
+# would misplace e.g. a model call inside a Beam bundle).
+PROFILE_CATEGORIES = (
+    ("TFX packaging for Beam workers", ("build_ephemeral_package",)),
+    ("model load", ("load_partial",)),
+    ("model calls", ("_call_flat",)),
+    ("TF tracing and saving", ("trace_function", "trace_and_write_v2_saved_model", "save_and_return_nodes")),
+    ("Beam translation", ("to_runner_api", "from_runner_api")),
+    ("Beam bundles", ("_run_bundle", "process_bundle")),
+    ("Beam construction", ("apply", "expand")),
+)
+PROFILE_OTHER = "other"
+PROFILE_INTERVAL = 0.02
+
+
+class _StackSampler:
+    """Samples the main thread's stack every ``interval`` seconds: (time, the set of its functions' names)."""
+
+    def __init__(self, interval: float = PROFILE_INTERVAL):
+        self._interval = interval
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stack-sampler", daemon=True)
+        self._main = threading.main_thread().ident
+        self.samples: List[Any] = []
+
+    def _run(self) -> None:
+        while not self._done.wait(self._interval):
+            frame = sys._current_frames().get(self._main)  # pylint: disable=protected-access
+            names = set()
+            while frame is not None:
+                names.add(frame.f_code.co_name)
+                frame = frame.f_back
+            self.samples.append((time.time(), names))
+
+    def __enter__(self) -> "_StackSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+def _category(names) -> str:
+    return next((label for label, marks in PROFILE_CATEGORIES if not names.isdisjoint(marks)), PROFILE_OTHER)
+
+
+def profile_by_component(samples, executions) -> Dict[str, Dict[str, float]]:
+    """Each component's seconds per category: its samples (by time, within its execution) counted, scaled so
+    that a component's categories add up to its time in ML Metadata."""
+    profile: Dict[str, Dict[str, float]] = {}
+    for execution in executions:
+        start = execution.start_ms / 1000.0
+        end = start + execution.seconds
+        counts: Dict[str, int] = {}
+        for when, names in samples:
+            if start <= when <= end:
+                category = _category(names)
+                counts[category] = counts.get(category, 0) + 1
+        total = sum(counts.values())
+        if total:
+            profile[execution.component_id] = {k: execution.seconds * n / total for k, n in counts.items()}
+    return profile
 
 
 def prepare_data(args: argparse.Namespace, work: str) -> str:
@@ -114,8 +184,9 @@ def _load_config(values: Dict[str, Any]):
     return _product_module("pipelines.config").PipelineConfig.from_dict(dict(values, trainer=older)).validate()
 
 
-def run_once(config_file: str, result_file: str) -> None:
-    """The child: runs the pipeline of ``config_file`` with the code on its PYTHONPATH, writes the times."""
+def run_once(config_file: str, result_file: str, profile: bool = False) -> None:
+    """The child: runs the pipeline of ``config_file`` with the code on its PYTHONPATH, writes the times (with
+    ``profile``, also what each component's time went to)."""
     import maskrcnn_tfx  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import  (selects tf_keras)
 
     local_runner = _product_module("pipelines.local_runner")
@@ -123,7 +194,8 @@ def run_once(config_file: str, result_file: str) -> None:
     with open(config_file, encoding="utf-8") as f:
         config = _load_config(json.load(f))
     started = time.time()
-    local_runner.run(config)
+    with (_StackSampler() if profile else contextlib.nullcontext()) as sampler:
+        local_runner.run(config)
     wall = time.time() - started
     run = outputs.summarize_run(config)  # with the blessing, the pushed model and the metrics
     assert run is not None, "the run left nothing in the metadata store"
@@ -133,10 +205,11 @@ def run_once(config_file: str, result_file: str) -> None:
     with open(result_file, "w", encoding="utf-8") as f:
         json.dump({"wall": wall, "components": [[e.component_id, e.state, e.seconds] for e in executions],
                    "step_seconds": step_seconds(model_run[0].uri if model_run else ""),
-                   "blessed": run.blessed, "pushed": run.pushed, "metrics": run.metrics}, f)
+                   "blessed": run.blessed, "pushed": run.pushed, "metrics": run.metrics,
+                   "profile": profile_by_component(sampler.samples, executions) if sampler else None}, f)
 
 
-def run_child(code_dir: str, config: Dict[str, Any], work: str, name: str) -> Dict[str, Any]:
+def run_child(code_dir: str, config: Dict[str, Any], work: str, name: str, profile: bool = False) -> Dict[str, Any]:
     shutil.rmtree(config["pipeline_root"], ignore_errors=True)  # a cached run would time nothing
     os.makedirs(config["pipeline_root"], exist_ok=True)
     config_file = os.path.join(work, f"{name}.config.json")
@@ -147,7 +220,8 @@ def run_child(code_dir: str, config: Dict[str, Any], work: str, name: str) -> Di
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     log_file = os.path.join(work, f"{name}.log")
     with open(log_file, "w", encoding="utf-8") as log:
-        done = subprocess.run([sys.executable, os.path.abspath(__file__), "--_child", config_file, result_file],
+        done = subprocess.run([sys.executable, os.path.abspath(__file__), "--_child", config_file, result_file]
+                              + (["--profile"] if profile else []),
                               env=env, cwd=code_dir, stdout=log, stderr=subprocess.STDOUT, check=False)
     if done.returncode != 0:
         raise SystemExit(f"the run {name} (code of {code_dir}) failed ({done.returncode}); its log: {log_file}")
@@ -182,6 +256,10 @@ def print_run(label: str, result: Dict[str, Any], train_steps: int) -> Dict[str,
     print(f"{'Trainer: fixed cost (all but its steps)':<42} {s['trainer_fixed']:9.1f}")
     print(f"{'run fixed cost (all but training steps)':<42} {s['fixed']:9.1f}")
     print(f"{'wall time (incl. orchestration)':<42} {s['wall']:9.1f}")
+    for component_id, seconds_by_category in (result.get("profile") or {}).items():
+        if sum(seconds_by_category.values()) >= 0.5:
+            print(f"  {component_id}: " + ", ".join(f"{category} {seconds:.1f}" for category, seconds in sorted(
+                seconds_by_category.items(), key=lambda item: -item[1])))
     metrics = result.get("metrics") or {}
     print(f"blessed: {result.get('blessed')}, pushed: {result.get('pushed')}, "
           + ", ".join(f"{k} {v:.3f}" for k, v in sorted(metrics.items()) if k in ("mask_ap", "box_ap")))
@@ -203,11 +281,13 @@ def main() -> int:
     parser.add_argument("--box-num-thresholds", type=int, default=200)
     parser.add_argument("--peer", default="", help="another checkout of this repository to run side by side")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each code (alternating with the peer)")
+    parser.add_argument("--profile", action="store_true",
+                        help="sample the run's stack and print what each component's time went to")
     parser.add_argument("--work-dir", help="keep the data and pipelines here (default: a temporary folder)")
     parser.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._child:  # pylint: disable=protected-access
-        run_once(*args._child)  # pylint: disable=protected-access
+        run_once(*args._child, profile=args.profile)  # pylint: disable=protected-access
         return 0
     if args.data == "coco128" and not args.input_size:
         args.input_size = 256
@@ -226,7 +306,7 @@ def main() -> int:
         for label, code_dir in order:
             name = f"{'peer' if label.startswith('peer') else 'this'}-{repeat}"
             config = pipeline_config(args, data, os.path.join(work, f"pipeline-{name}"))
-            result = run_child(code_dir, config, work, name)
+            result = run_child(code_dir, config, work, name, profile=args.profile)
             description = (f"{label} ({code_dir}), run {repeat + 1}: {args.data}, {args.train_steps} train steps, "
                            f"box metric {args.box_metric}, {os.cpu_count()} CPU cores (times from ML Metadata)")
             results[label].append(print_run(description, result, args.train_steps))
