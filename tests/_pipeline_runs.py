@@ -35,9 +35,6 @@ EVAL_FRACTION = 0.25
 SPAN_SEEDS = {1: 3, 2: 4}
 TRAIN_STEPS = 3
 PIPELINE_NAME = "maskrcnn-local-test"
-# In-process Beam for the local runs: worker processes cost ~40 s to start per Beam step (span2 pays it).
-BEAM_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
-
 
 def make_span(data_root: str, span: int, seed: int, *, num_images: int = NUM_IMAGES,
               image_size: int = IMAGE_SIZE) -> str:
@@ -61,7 +58,6 @@ def base_config(data_root: str, root: str, **evaluation: Any):
         "pipeline_name": PIPELINE_NAME,
         "pipeline_root": os.path.join(root, "pipeline_root"),
         "serving_dir": os.path.join(root, "serving"),
-        "beam_args": BEAM_ARGS,
         "data": {"root": data_root, "train_pattern": "span-{SPAN}/train/*", "eval_pattern": "span-{SPAN}/eval/*",
                  "label_map_path": os.path.join(data_root, "span-1", "label_map.json")},
         "trainer": {"preset": "tiny", "train": {"train_steps": TRAIN_STEPS, "eval_steps": 1, "batch_size": 2,

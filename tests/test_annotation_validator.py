@@ -20,7 +20,8 @@ from maskrcnn_tfx.data.convert import convert_coco
 
 IMAGE_SIZE = 64
 LABEL_MAP = shapes.SHAPES_LABEL_MAP
-BEAM_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+# Beam's defaults (in memory, one worker), as the local runner asks for them: no flags.
+BEAM_ARGS: list = []
 
 
 def _read_records(pattern: str) -> List[bytes]:

@@ -23,7 +23,7 @@ import pytest
 
 import maskrcnn_tfx  # noqa: F401
 import _pipeline_runs
-from _pipeline_runs import BEAM_ARGS, versions
+from _pipeline_runs import versions
 from maskrcnn_tfx.testing.data import shapes_tfrecords
 
 pytestmark = pytest.mark.slow
@@ -172,8 +172,7 @@ def test_bad_record_stops_at_validation_and_is_named(tmp_path, small_data):
     record, source_id, filename = _bad_record(data)
     with tf.io.TFRecordWriter(os.path.join(data, "train", "train.tfrecord-extra")) as writer:
         writer.write(record)
-    config = config_lib.from_dict({"pipeline_root": str(tmp_path / "root"), "beam_args": BEAM_ARGS,
-                                       "data": {"root": data}, "trainer": {"train": {"train_steps": 1}}})
+    config = config_lib.from_dict({"pipeline_root": str(tmp_path / "root"), "data": {"root": data}, "trainer": {"train": {"train_steps": 1}}})
     with pytest.raises(av.AnnotationValidationError) as info:
         local_runner.run(config)
     message = str(info.value)
@@ -203,8 +202,7 @@ def test_schema_anomaly_stops_at_the_gate(tmp_path, small_data, capsys):
     schema_path = str(tmp_path / "schema.pbtxt")
     with open(schema_path, "w", encoding="utf-8") as f:
         f.write(text_format.MessageToString(schema))
-    config = config_lib.from_dict({"pipeline_root": str(tmp_path / "root"), "beam_args": BEAM_ARGS,
-                                       "data": {"root": small_data, "schema_path": schema_path},
+    config = config_lib.from_dict({"pipeline_root": str(tmp_path / "root"), "data": {"root": small_data, "schema_path": schema_path},
                                        "trainer": {"train": {"train_steps": 1}}})
     # Through the command, as a user runs it: the failing component and the log are named.
     config_file = str(tmp_path / "pipeline.yaml")

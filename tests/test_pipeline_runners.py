@@ -51,7 +51,8 @@ def test_yaml_and_flags_merge_and_resolve_defaults(tmp_path, shapes_data):
     assert config.resolved_metadata_path == str(tmp_path / "root" / "metadata.sqlite")
     assert config.resolved_serving_dir == str(tmp_path / "root" / "serving")
     assert config.label_map_path == os.path.join(shapes_data, "label_map.json")
-    assert config.resolved_beam_args == ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+    # The local runner's Beam is Beam's own default (in memory, one worker), asked for with no flags at all.
+    assert config.resolved_beam_args == []
     # The trainer section is resolved from its preset: the file's and the flags' fields over the preset's.
     tiny = config_lib.load_trainer_config("tiny")
     assert config.trainer.train.batch_size == 2 and config.trainer.model == tiny.model
@@ -237,6 +238,9 @@ def test_beam_args_reach_every_beam_component(tmp_path, shapes_data):
     for component_id, args in by_component.items():
         assert "--direct_running_mode=multi_processing" in args, (component_id, args)
         assert f"--direct_num_workers={os.cpu_count()}" in args, (component_id, args)
+    # The local runner passes none, so TFX does not package itself for remote workers at each Beam component.
+    local = _beam_args_by_component(create_pipeline(run_cli.config_from_args(_args(*common))))
+    assert local and all(args == [] for args in local.values()), local
     # Given Beam arguments replace the defaults and pass through unchanged, e.g. for Flink.
     flink = ["--runner=FlinkRunner", "--flink_master=localhost:8081", "--environment_type=LOOPBACK"]
     config = run_cli.config_from_args(_args("--runner", "beam", *common, *(f"--beam-arg={a}" for a in flink)))

@@ -426,7 +426,7 @@ def failed_validation_run(tmp_path_factory):
         writer.write(ef.to_tf_example(bad).SerializeToString())
     config = config_lib.from_dict({
         "pipeline_name": "report-failed-validation", "pipeline_root": os.path.join(root, "pipeline"),
-        "beam_args": ["--direct_running_mode=in_memory", "--direct_num_workers=1"], "data": {"root": data},
+        "data": {"root": data},
         "trainer": {"train": {"train_steps": 1}}})
     with pytest.raises(av.AnnotationValidationError):
         local_runner.run(config)

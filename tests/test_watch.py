@@ -22,7 +22,7 @@ import time
 import pytest
 
 import maskrcnn_tfx  # noqa: F401
-from _pipeline_runs import BEAM_ARGS, make_span, versions
+from _pipeline_runs import make_span, versions
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE_SIZE = 64
@@ -40,7 +40,6 @@ def _write_config(work: str, data_root: str) -> str:
         "pipeline_name": "maskrcnn-watch-test",
         "pipeline_root": os.path.join(work, "pipeline_root"),
         "serving_dir": os.path.join(work, "serving"),
-        "beam_args": BEAM_ARGS,
         "data": {"root": data_root, "train_pattern": "span-{SPAN}/train/*", "eval_pattern": "span-{SPAN}/eval/*",
                  "label_map_path": os.path.join(data_root, "span-1", "label_map.json")},
         # No evaluation inside the Trainer: the Evaluator's is the one this test is about.

@@ -443,8 +443,11 @@ class PipelineConfig:
         return loader.from_dict(loader.merged(values, changes))
 
 
-# In-process Beam: starting worker processes costs more than small runs spend computing (benchmarks/README.md).
-LOCAL_BEAM_ARGS = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
+# The local runner's Beam: Beam's defaults (DirectRunner in memory, one worker), because starting worker
+# processes costs more than small runs spend computing (benchmarks/README.md). Given as no flags at all: given
+# any, every TFX Beam executor first packages TFX for remote workers (tfx/utils/dependency_utils.py: a copy of
+# TFX in a temporary folder and a setup.py run, seconds per Beam component), which in-process Beam never reads.
+LOCAL_BEAM_ARGS: tuple = ()
 LABEL_MAP_FILE_NAME = label_map_lib.FILE_NAME
 
 
