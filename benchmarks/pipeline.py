@@ -164,18 +164,20 @@ def _product_module(name: str):
     from before the one namespace (its pipelines/ and trainer/ were top-level packages). Decided by the imported
     ``maskrcnn_tfx`` package's own folder: an editable install of this checkout in the same environment would
     otherwise lend the peer this checkout's subpackages."""
+    namespaced = _has_subpackage(name.split(".")[0])
+    return importlib.import_module(f"maskrcnn_tfx.{name}" if namespaced else name)
+
+
+def _has_subpackage(package: str) -> bool:
+    """Whether the ``maskrcnn_tfx`` on the child's PYTHONPATH has ``package`` in its own folder."""
     import maskrcnn_tfx  # pylint: disable=g-import-not-at-top
 
-    package = name.split(".")[0]
-    namespaced = any(os.path.isdir(os.path.join(folder, package)) for folder in maskrcnn_tfx.__path__)
-    return importlib.import_module(f"maskrcnn_tfx.{name}" if namespaced else name)
+    return any(os.path.isdir(os.path.join(folder, package)) for folder in maskrcnn_tfx.__path__)
 
 
 def _load_config(values: Dict[str, Any]):
     """The child's validated configuration, in the form the code on its PYTHONPATH reads."""
-    import maskrcnn_tfx  # pylint: disable=g-import-not-at-top
-
-    if any(os.path.isdir(os.path.join(folder, "config")) for folder in maskrcnn_tfx.__path__):
+    if _has_subpackage("config"):
         return importlib.import_module("maskrcnn_tfx.config").from_dict(values)
     # A peer from before the one configuration: the trainer's fields were its overrides, the steps apart.
     trainer = dict(values["trainer"])

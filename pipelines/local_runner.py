@@ -6,6 +6,7 @@ use in-process Beam unless ``beam_args`` say otherwise.
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 import maskrcnn_tfx  # noqa: F401  (selects tf_keras before TensorFlow loads)
 from tfx import v1 as tfx
@@ -15,11 +16,12 @@ from maskrcnn_tfx.pipelines.pipeline import create_pipeline
 from maskrcnn_tfx.pipelines.run_output import drop_false_warnings
 
 
-def run(config: PipelineConfig) -> None:
-    """Runs every component to completion; a failing component raises."""
+def run(config: PipelineConfig, pipeline: Optional[tfx.dsl.Pipeline] = None) -> None:
+    """Runs every component to completion; a failing component raises. ``pipeline``: the one
+    ``create_pipeline(config)`` already built, if the caller has it."""
     drop_false_warnings()
     if config.runner != "local":  # another runner makes another configuration, validated as it is made
         config = config.replace(runner="local")
     # SQLite needs the metadata file's folder to exist.
     os.makedirs(os.path.dirname(config.resolved_metadata_path), exist_ok=True)
-    tfx.orchestration.LocalDagRunner().run(create_pipeline(config))
+    tfx.orchestration.LocalDagRunner().run(pipeline or create_pipeline(config))

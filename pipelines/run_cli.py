@@ -173,8 +173,10 @@ def _run(config: PipelineConfig, verbose: bool = False, preamble: str = "") -> i
                 from maskrcnn_tfx.pipelines import beam_runner as runner  # pylint: disable=g-import-not-at-top
             else:
                 from maskrcnn_tfx.pipelines import local_runner as runner  # pylint: disable=g-import-not-at-top
-            out.set_components([c.id for c in create_pipeline(config).components])
-            runner.run(config)
+            # Built once: its components name the progress lines, and the runner runs it.
+            pipeline = create_pipeline(config)
+            out.set_components([c.id for c in pipeline.components])
+            runner.run(config, pipeline)
         except (Exception, KeyboardInterrupt) as e:  # pylint: disable=broad-except
             # The components' own errors (validation reports, thresholds) are the message a user needs.
             failure = e if not isinstance(e, KeyboardInterrupt) else "interrupted (Ctrl-C)"

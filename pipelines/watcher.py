@@ -87,13 +87,14 @@ class Watcher:
 
     def load_config(self) -> PipelineConfig:
         # Said first: a cluster configuration would otherwise fail on what its pods can read.
-        runner = loader.read_yaml(self.config_file).get("runner", "local")
+        values = loader.read_yaml(self.config_file)
+        runner = values.get("runner", "local")
         if runner not in ("local", "beam"):
             raise ConfigError(f"{self.config_file}: watch runs the pipeline on this machine (runner "
                               f"local or beam), not {runner!r}; Kubeflow and Vertex AI schedule "
                               f"runs themselves (maskrcnn-tfx run --runner kubeflow --schedule ...)")
         # The data need not exist yet: the watcher waits for its spans.
-        config = config_lib.load(self.config_file, check_files=False)
+        config = config_lib.from_dict(values, source=self.config_file, check_files=False)
         d = config.data
         patterns = [d.pattern] if d.uses_hash_buckets else [d.train_pattern, d.eval_pattern]
         if not all(SPAN_TOKEN in p for p in patterns):

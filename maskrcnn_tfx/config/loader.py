@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import os
 import typing
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -257,6 +258,7 @@ def _moved_fields_message(values: Dict[str, Any], moved: List[str], prefix: str)
             + "".join(f"      {line}\n" for line in rewritten.splitlines()).rstrip())
 
 
+@functools.lru_cache(maxsize=None)
 def _field_types(cls) -> Dict[str, Any]:
     hints = typing.get_type_hints(cls, vars(schema))
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}

@@ -410,15 +410,15 @@ class PipelineConfig:
 
     @property
     def label_map_path(self) -> str:
-        return self.data.label_map_path or _join(self.data.root, LABEL_MAP_FILE_NAME)
+        return self.data.label_map_path or os.path.join(self.data.root, label_map_lib.FILE_NAME)
 
     @property
     def resolved_metadata_path(self) -> str:
-        return self.metadata_path or _join(self.pipeline_root, "metadata.sqlite")
+        return self.metadata_path or os.path.join(self.pipeline_root, "metadata.sqlite")
 
     @property
     def resolved_serving_dir(self) -> str:
-        return self.serving_dir or _join(self.pipeline_root, "serving")
+        return self.serving_dir or os.path.join(self.pipeline_root, "serving")
 
     @property
     def resolved_beam_args(self) -> List[str]:
@@ -448,8 +448,3 @@ class PipelineConfig:
 # any, every TFX Beam executor first packages TFX for remote workers (tfx/utils/dependency_utils.py: a copy of
 # TFX in a temporary folder and a setup.py run, seconds per Beam component), which in-process Beam never reads.
 LOCAL_BEAM_ARGS: tuple = ()
-LABEL_MAP_FILE_NAME = label_map_lib.FILE_NAME
-
-
-def _join(folder: str, name: str) -> str:
-    return os.path.join(folder, name)
